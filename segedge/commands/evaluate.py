@@ -1,0 +1,66 @@
+"""`segedge eval`: mIoU and per-class IoU of a model or exported artifact on a labelled dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="Model name (segedge models lists them)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint; default: the embedded demo weights."),
+    data: Path = typer.Option(..., "--data", help="Dataset root folder."),
+    dataset: str = typer.Option("camvid", "--dataset", help="camvid | cityscapes | ade20k | folder"),
+    split: str = typer.Option("val", "--split"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW (default: the checkpoint's)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on unreadable samples instead of skipping them."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Evaluate at the label's resolution: logits upsampled bilinearly to the label size, then argmax."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ..data.datasets import open_dataset
+    from ..errors import SegedgeError
+    from ..evaluation import evaluate, torch_predictor
+    from ..models import create_model, parse_size, validate_input_size
+
+    console = Console(stderr=True)
+    ds = open_dataset(dataset, data, split, num_classes=num_classes, strict=strict)
+    net = create_model(model, weights=weights or "default")
+    if weights is None:
+        console.print(f"using the embedded demo weights: {net.pretrained_cfg['weights']}")
+    cfg = net.pretrained_cfg
+    if cfg["num_classes"] != ds.num_classes:
+        raise SegedgeError(f"the model predicts {cfg['num_classes']} classes but {ds.name} has {ds.num_classes}; "
+                           "use weights trained on this dataset")
+    size = validate_input_size(model, parse_size(input_size) if input_size else tuple(cfg["input_size"]))
+    pred = torch_predictor(net, size, cfg["mean"], cfg["std"])
+    with Progress(console=console, transient=True, disable=as_json) as prog:
+        task = prog.add_task(f"evaluating {cfg['model']} on {ds.name}/{split}", total=min(limit or len(ds), len(ds)))
+        m = evaluate(pred, ds, limit=limit, progress=lambda i, n: prog.update(task, completed=i))
+    result = {"model": cfg["model"], "weights": cfg["weights"], "dataset": ds.name, "split": split,
+              "samples": min(limit or len(ds), len(ds)), "input_size": list(size), **m.as_dict()}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{cfg['model']} on {ds.name}/{split} at {size[0]}x{size[1]}")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    table.add_column("acc %", justify="right")
+    for name, iou, acc in zip(m.class_names, m.iou, m.class_acc):
+        table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.1f}", "n/a" if acc != acc else f"{100 * acc:.1f}")
+    Console().print(table)
+    typer.echo(f"mIoU {100 * m.miou:.2f} %  pixel acc {100 * m.pixel_acc:.2f} %  mean acc {100 * m.mean_acc:.2f} %  "
+               f"({result['samples']} images; {result['convention']})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the CLI."""
+    app.command("eval")(evaluate_cmd)

@@ -1,0 +1,19 @@
+"""User-facing errors: one line naming the problem and the fix, shown by the CLI without a traceback."""
+
+from __future__ import annotations
+
+
+class SegedgeError(Exception):
+    """An error caused by user input (bad flag, file, checkpoint, data) rather than a bug in segedge."""
+
+
+class CheckpointError(SegedgeError):
+    """A checkpoint could not be read or does not fit the requested model."""
+
+
+class DataError(SegedgeError):
+    """A dataset folder, image or label file is missing or malformed."""
+
+
+class ExportError(SegedgeError):
+    """An export step failed (tolerance, unsupported option, unwritable output)."""

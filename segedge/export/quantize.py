@@ -1,0 +1,240 @@
+"""ONNX Runtime static quantization (QDQ) from a cached calibration table, shared by every INT8 ONNX target.
+
+Two flavours, measured on this CPU (toolchain-facts.md):
+- `ORT_CPU` (target ort-int8): uint8 asymmetric activations (set explicitly: ORT 1.31 defaults to int8), int8
+  weights, per-tensor. The fastest ORT CPU flavour: ~1.5× FP32 for B0.
+- `TENSORRT` (target qdq, consumed by trt-int8): int8 symmetric activations and weights, zero points 0, per-channel
+  weights on the output-channel axis, float weights behind Q→DQ pairs (the QAT-export form every TensorRT since 8.x
+  parses), biases left float. Slow in ORT (most pairs do not fuse), so it is the TensorRT artifact, not the CPU one.
+
+Precision-sensitive nodes stay float by default: LayerNorm (the op, or its decomposed ReduceMean/Sub/Pow/Sqrt/Div
+pattern at opset 16), Softmax, the final classifier conv and any Resize after it (logit upsampling).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import SegedgeError
+from .calibration import CalibrationTable
+
+
+@dataclass(frozen=True)
+class QuantFlavour:
+    """How an INT8 target quantizes: types, symmetry, granularity, which ops."""
+
+    name: str
+    activation_type: str  # "uint8" | "int8"
+    weight_type: str = "int8"
+    per_channel: bool = False
+    activation_symmetric: bool = False
+    quantize_bias: bool = True
+    weights_as_qdq_pair: bool = False
+    op_types: tuple[str, ...] | None = None  # None: every op type onnxruntime can quantize
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's flavour fields."""
+        d = asdict(self)
+        d["format"] = "QDQ"
+        d["activations"] = "per-tensor " + ("symmetric" if self.activation_symmetric else "asymmetric")
+        d["weights"] = ("per-channel" if self.per_channel else "per-tensor") + " symmetric"
+        d["op_types"] = list(self.op_types) if self.op_types else "all onnxruntime-quantizable"
+        return d
+
+
+ORT_CPU = QuantFlavour("ort-u8s8", activation_type="uint8")
+TENSORRT = QuantFlavour("tensorrt-s8s8", activation_type="int8", per_channel=True, activation_symmetric=True,
+                        quantize_bias=False, weights_as_qdq_pair=True,
+                        op_types=("Conv", "ConvTranspose", "MatMul", "Gemm"))
+
+
+@dataclass(frozen=True)
+class KeptFloat:
+    """A node deliberately left in float, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+def _index(model: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    producer, consumers = {}, {}
+    for n in model.graph.node:
+        for o in n.output:
+            producer[o] = n
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
+def _follow(tensor: str, op: str, consumers: dict[str, list[Any]], path: list[Any]) -> Any | None:
+    """The consumer of `tensor` of type `op`, looking through Transposes (ORT's transpose optimizer inserts them)."""
+    for n in consumers.get(tensor, []):
+        if n.op_type == op:
+            return n
+        if n.op_type == "Transpose":
+            found = _follow(n.output[0], op, consumers, path)
+            if found is not None:
+                path.append(n)
+                return found
+    return None
+
+
+def decomposed_layernorms(model: Any) -> list[list[Any]]:
+    """Node clusters of LayerNorm written out as ReduceMean→Sub→Pow→ReduceMean→Add→Sqrt→Div(→Mul→Add)."""
+    inits = {t.name for t in model.graph.initializer}
+    _, consumers = _index(model)
+    clusters = []
+    for a in model.graph.node:
+        if a.op_type != "ReduceMean":
+            continue
+        sub = next((n for n in consumers.get(a.output[0], []) if n.op_type == "Sub" and n.input[1] == a.output[0]),
+                   None)
+        if sub is None:
+            continue
+        path: list[Any] = []
+        chain = [a, sub]
+        cur = sub.output[0]
+        ok = True
+        for op in ("Pow", "ReduceMean", "Add", "Sqrt", "Div"):
+            nxt = _follow(cur, op, consumers, path)
+            if nxt is None:
+                ok = False
+                break
+            chain.append(nxt)
+            cur = nxt.output[0]
+        if not ok:
+            continue
+        for op in ("Mul", "Add"):  # the affine part, when it survived constant folding
+            nxt = next((n for n in consumers.get(cur, []) if n.op_type == op and any(i in inits for i in n.input)),
+                       None)
+            if nxt is None:
+                break
+            chain.append(nxt)
+            cur = nxt.output[0]
+        clusters.append(chain + path)
+    return clusters
+
+
+def default_keep_float(model: Any) -> list[KeptFloat]:
+    """The precision-sensitive nodes kept float unless --quantize-all."""
+    kept: dict[str, KeptFloat] = {}
+    for n in model.graph.node:
+        if n.op_type == "LayerNormalization":
+            kept[n.name] = KeptFloat(n.name, n.op_type, "LayerNorm")
+        elif n.op_type == "Softmax":
+            kept[n.name] = KeptFloat(n.name, n.op_type, "Softmax")
+    for cluster in decomposed_layernorms(model):
+        for n in cluster:
+            kept.setdefault(n.name, KeptFloat(n.name, n.op_type, "LayerNorm (decomposed)"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if convs:
+        cls = convs[-1]
+        kept[cls.name] = KeptFloat(cls.name, cls.op_type, "final classifier conv")
+        _, consumers = _index(model)
+        todo, seen = [cls.output[0]], set()
+        while todo:  # any Resize downstream of the classifier is the logit upsampling
+            t = todo.pop()
+            for n in consumers.get(t, []):
+                if n.name in seen:
+                    continue
+                seen.add(n.name)
+                if n.op_type == "Resize":
+                    kept[n.name] = KeptFloat(n.name, n.op_type, "last Resize (logit upsampling)")
+                todo.extend(n.output)
+    return list(kept.values())
+
+
+def resolve_keep_float(model: Any, items: Iterable[str]) -> list[KeptFloat]:
+    """`--keep-float` items (op types, node names or glob patterns of node names) → nodes; unknown items error."""
+    nodes = list(model.graph.node)
+    ops = {n.op_type for n in nodes}
+    out: dict[str, KeptFloat] = {}
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        hits = [n for n in nodes if n.op_type == item or n.op_type.lower() == item.lower()] if \
+            item in ops or item.lower() in {o.lower() for o in ops} else \
+            [n for n in nodes if n.name == item or fnmatch.fnmatchcase(n.name, item)]
+        if not hits:
+            raise SegedgeError(f"--keep-float '{item}' matches no op type or node in this graph; op types here: "
+                               f"{', '.join(sorted(ops))}")
+        for n in hits:
+            out.setdefault(n.name, KeptFloat(n.name, n.op_type, f"--keep-float {item}"))
+    return list(out.values())
+
+
+def select_kept_float(model: Any, keep_float: Sequence[str] = (), quantize_all: bool = False) -> list[KeptFloat]:
+    """Defaults (unless quantize_all) plus the user's --keep-float items."""
+    kept = {} if quantize_all else {k.node: k for k in default_keep_float(model)}
+    for k in resolve_keep_float(model, keep_float):
+        kept.setdefault(k.node, k)
+    return list(kept.values())
+
+
+def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: QuantFlavour,
+             kept_float: Sequence[KeptFloat]) -> Any:
+    """quantize_static (QDQ) of a quant_pre_process'ed model with the table's ranges; returns the ModelProto."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    extra = {
+        "ActivationSymmetric": flavour.activation_symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": flavour.quantize_bias,
+        "AddQDQPairToWeight": flavour.weights_as_qdq_pair,
+        # nn.Linear exports as MatMul with a [in, out] weight: its output channels are axis 1.
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+    }
+    with tempfile.TemporaryDirectory(prefix="segedge-quant-") as td:
+        cache = table.write_ort_cache(Path(td) / "ranges.json")
+        out = Path(td) / "quantized.onnx"
+        quant_logger = logging.getLogger()
+        level = quant_logger.level
+        quant_logger.setLevel(logging.ERROR)  # quantize_static logs advice at WARNING for every call
+        try:
+            quantize_static(
+                str(pre_model_path), str(out), None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(flavour.op_types) if flavour.op_types else None,
+                per_channel=flavour.per_channel, reduce_range=False,
+                activation_type=qtype[flavour.activation_type], weight_type=qtype[flavour.weight_type],
+                nodes_to_exclude=[k.node for k in kept_float], calibrate_method=table.to_tensors_data().calibration_method,
+                calibration_cache_path=str(cache), extra_options=extra)
+        finally:
+            quant_logger.setLevel(level)
+        return onnx.load(str(out))
+
+
+def quantizable_op_types() -> list[str]:
+    """Op types onnxruntime's quantize_static handles by default (its QLinear and QDQ registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def summarize(qmodel: Any, kept_float: Sequence[KeptFloat], flavour: QuantFlavour) -> dict[str, Any]:
+    """The manifest's `quantization` entry: flavour, quantized nodes (by op) and nodes kept float (with reasons)."""
+    # A node counts as quantized when it is of a type the flavour quantizes, was not kept float, and now reads
+    # at least one dequantized input (a float op fed by a shared DQ, e.g. Softmax after a quantized MatMul, is not).
+    ops = set(flavour.op_types or quantizable_op_types())
+    kept = {k.node for k in kept_float}
+    dq_out = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = [n for n in qmodel.graph.node if n.op_type in ops and n.name not in kept
+                 and any(i in dq_out for i in n.input)]
+    return {
+        **flavour.describe(),
+        "quantized_nodes": len(quantized),
+        "quantized_by_op": dict(Counter(n.op_type for n in quantized).most_common()),
+        "quantized": [n.name for n in quantized],
+        "kept_float": [asdict(k) for k in kept_float],
+        "kept_float_by_reason": dict(Counter(k.reason for k in kept_float)),
+        "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in qmodel.graph.node),
+    }

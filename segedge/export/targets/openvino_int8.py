@@ -1,0 +1,92 @@
+"""Target `openvino-int8`: NNCF post-training INT8 quantization of the OpenVINO FP32 IR (model.int8.xml + .bin).
+
+`nncf.quantize` on the FP32 ov.Model converted from the verified ONNX, calibrated on the SAME frames as ort-int8
+(`ctx.frames`, pre-processed with `ctx.make_input`, subset_size = their number). SegFormer uses
+`ModelType.TRANSFORMER` (NNCF then keeps LayerNorm/Softmax-sensitive parts in float and applies SmoothQuant where
+it fits) with the MIXED preset (symmetric weights, asymmetric activations); CNNs (TopFormer) use the PERFORMANCE
+preset. NNCF collects its own statistics: the ONNX calibration table (and `--calib-method`, `--keep-float`,
+`--quantize-all`) apply to the ONNX INT8 targets only. The result is checked with OpenVINO against PyTorch like
+every INT8 target: recorded, not enforced.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...errors import ExportError
+from . import TargetSpec, register_target
+from .base import ExportContext, TargetArtifact
+from .openvino_ir import (first_line, fp32_model, import_reason, openvino_version, precision_hint, stage_ir,
+                          verify_ir)
+
+FILENAME = "model.int8.xml"
+
+
+def requires_openvino_nncf() -> str | None:
+    """Why openvino-int8 cannot run here (openvino or nncf missing), or None."""
+    return import_reason("openvino") or import_reason("nncf")
+
+
+def nncf_settings(family: str) -> dict[str, Any]:
+    """preset / model_type names for a model family (see module docstring)."""
+    if family == "segformer":
+        return {"preset": "mixed", "model_type": "transformer"}
+    return {"preset": "performance", "model_type": None}
+
+
+def count_fake_quantize(model: Any) -> int:
+    """FakeQuantize ops in an ov.Model (what NNCF inserted)."""
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any:
+    """nncf.quantize on the calibration frames; any NNCF failure becomes a one-line ExportError."""
+    import nncf
+
+    inputs = [ctx.make_input(f) for f in ctx.frames.frames]
+    kwargs: dict[str, Any] = {
+        "preset": nncf.QuantizationPreset.MIXED if settings["preset"] == "mixed" else
+        nncf.QuantizationPreset.PERFORMANCE,
+        "subset_size": len(inputs),
+    }
+    if settings["model_type"] == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    ctx.progress(f"quantizing openvino-int8 with NNCF ({settings['preset']} preset"
+                 f"{', transformer' if settings['model_type'] else ''}) on {len(inputs)} frames")
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)  # NNCF logs every step at INFO
+    try:
+        return nncf.quantize(model, nncf.Dataset(inputs), **kwargs)
+    except Exception as e:  # noqa: BLE001 - NNCF raises many types (RuntimeError, nncf.InternalError, …)
+        raise ExportError(f"openvino-int8: NNCF post-training quantization failed ({first_line(e)}); no file was "
+                          "written: try more --calib frames or report the model/options") from None
+    finally:
+        nncf_log.setLevel(level)
+
+
+def build(ctx: ExportContext) -> TargetArtifact:
+    """Quantize the FP32 IR with NNCF, check it with OpenVINO against PyTorch, stage model.int8.xml/.bin."""
+    import nncf
+
+    family = str(ctx.manifest.model.get("family", ""))
+    settings = nncf_settings(family)
+    qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
+    frames = ctx.frames
+    entry = {
+        "precision": "int8", "runtime": "openvino", "inference_precision_hint": precision_hint(ctx),
+        "openvino_version": openvino_version(), "nncf_version": str(nncf.__version__),
+        "quantization": {"tool": "nncf.quantize (post-training)", **settings, "subset_size": len(frames),
+                         "fake_quantize_nodes": count_fake_quantize(qmodel),
+                         "keep_float": "NNCF defaults (--keep-float applies to the ONNX INT8 targets only)"},
+        "calibration": {"source": frames.source, "source_kind": frames.kind, "count": len(frames),
+                        "method": "nncf-ptq", "seed": ctx.options.calib_seed, "source_sha256": frames.sha256,
+                        "graph_sha256": ctx.graph_sha256},
+        "verification": verify_ir(ctx, qmodel, "openvino-int8"),
+    }
+    return stage_ir(ctx, "openvino-int8", FILENAME, qmodel, entry)
+
+
+register_target(TargetSpec("openvino-int8", build, "OpenVINO IR INT8, NNCF post-training quantization "
+                           "(model.int8.xml + .bin)", "int8", needs_calibration=True, requires=requires_openvino_nncf))

@@ -1,0 +1,100 @@
+"""timm-style model registry: families register named configs; `create_model` builds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import SegedgeError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one named model, kept as data."""
+
+    name: str
+    family: str  # "segformer" | "topformer"
+    builder: Callable[..., torch.nn.Module]
+    config: dict[str, Any]
+    aliases: tuple[str, ...] = ()
+    default_input_size: tuple[int, int] = (512, 512)
+    output_stride: int = 4
+    size_multiple: int = 32  # input H and W must be multiples of this
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model spec (and its aliases) to the registry."""
+    _REGISTRY[spec.name] = spec
+    for alias in (spec.name, *spec.aliases):
+        _ALIASES[alias.lower()] = spec.name
+    return spec
+
+
+def _ensure_loaded() -> None:
+    # Families register themselves on import; importing here keeps `registry` free of cycles.
+    from . import segformer, topformer  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Canonical names of every registered model."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Resolve a name or alias (case-insensitive) to its spec, or raise a one-line error listing valid names."""
+    _ensure_loaded()
+    key = str(name).strip().lower().replace("_", "-")
+    if key in _ALIASES:
+        return _REGISTRY[_ALIASES[key]]
+    raise SegedgeError(
+        f"unknown model '{name}': choose one of {', '.join(_REGISTRY)} "
+        f"(aliases such as mit-b0, segformer-b0 also work)"
+    )
+
+
+def validate_input_size(name: str, size: tuple[int, int]) -> tuple[int, int]:
+    """Check an (H, W) input size against the family's rules; raise a clear error naming valid sizes."""
+    spec = get_spec(name)
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise SegedgeError(f"input size {h}x{w} must be positive, e.g. {spec.default_input_size[0]}x{spec.default_input_size[1]}")
+    m = spec.size_multiple
+    if h % m or w % m:
+        def near(v: int) -> str:
+            lo = max(m, v // m * m)
+            hi = lo + m if lo < v else lo
+            return f"{lo}" if lo == hi else f"{lo} or {hi}"
+        raise SegedgeError(
+            f"input size {h}x{w} is not valid for {spec.name}: height and width must be multiples of {m} "
+            f"(nearest valid: height {near(h)}, width {near(w)})"
+        )
+    return h, w
+
+
+def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Parse 'HxW' (or 'N' for square) into (H, W), with a clear error on malformed input."""
+    if isinstance(text, (tuple, list)):
+        if len(text) != 2:
+            raise SegedgeError(f"input size {text!r} must have two values (height, width)")
+        return int(text[0]), int(text[1])
+    s = str(text).strip().lower().replace("×", "x").replace("*", "x").replace(",", "x")
+    parts = [p for p in s.split("x") if p != ""]
+    try:
+        if len(parts) == 1:
+            v = int(parts[0])
+            return v, v
+        if len(parts) == 2:
+            h, w = int(parts[0]), int(parts[1])
+            return h, w
+    except ValueError:
+        pass
+    raise SegedgeError(f"cannot parse input size '{text}': write it as HEIGHTxWIDTH, e.g. 384x512")

@@ -1,0 +1,177 @@
+"""Segmenter: one object that turns BGR frames into label maps, whatever produced the model.
+
+    seg = Segmenter.load("exports/b0-384x512", target="ort-int8")
+    labels = seg.predict(frame)              # H×W uint8 at the frame's size
+    cv2.imwrite("out.png", seg.overlay(frame, labels))
+
+`load` accepts an export folder (target picked from manifest.json), an .onnx file (contract from its
+metadata_props), a file another backend opens (e.g. OpenVINO .xml, via its backend module and the folder's
+manifest), or a segedge checkpoint (.safetensors → PyTorch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import SegedgeError
+from .backends import Backend, backend_for_path, get_backend
+from .modelinfo import ModelInfo
+from .palette import overlay as _overlay
+from .palette import palette_for
+from .postprocess import check_mode, resize_labels, to_labels
+from .preprocess import check_frame, preprocess, to_raw_input
+
+
+def _manifest_entry_for_file(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]] | None:
+    """(manifest, target, entry) when `path` is listed in its folder's manifest.json."""
+    from ..export.manifest import MANIFEST_NAME, read_manifest
+
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None
+    try:
+        man = read_manifest(path.parent)
+    except SegedgeError:
+        return None
+    for name, entry in man["targets"].items():
+        if entry.get("file") == path.name:
+            return man, name, entry
+    return None
+
+
+def _choose_target(man: dict[str, Any], folder: Path, target: str | None) -> tuple[str, dict[str, Any]]:
+    targets = man["targets"]
+    if target is None:
+        if len(targets) == 1:
+            return next(iter(targets.items()))
+        raise SegedgeError(f"{folder} holds several targets ({', '.join(targets)}); choose one with "
+                           f"target=… (--target), e.g. target='{next(iter(targets))}'")
+    if target not in targets:
+        raise SegedgeError(f"target '{target}' is not in {folder}: it holds {', '.join(targets)}; re-export with "
+                           f"--target {target} or pick one of those")
+    return target, targets[target]
+
+
+class Segmenter:
+    """Frames in, labels out, over any backend; pre-/post-processing follow the model's recorded contract."""
+
+    def __init__(self, backend: Backend, info: ModelInfo, postprocess: str = "fast") -> None:
+        self.backend = backend
+        self.info = info
+        self.postprocess = check_mode(postprocess)
+        self.palette = palette_for(info.class_names)
+
+    @classmethod
+    def load(cls, path: str | Path, target: str | None = None, backend: str | None = None,
+             threads: int | None = None, postprocess: str = "fast", **options: Any) -> "Segmenter":
+        """Open an export folder, an .onnx / other exported file, or a checkpoint (see module docstring).
+
+        options: `model=` names the architecture of a foreign checkpoint; `providers=` overrides ONNX Runtime's
+        execution providers; `precision=` sets OpenVINO's inference precision hint (default: the one recorded at
+        export, else f32). The backend also receives the artifact's manifest entry as `manifest_entry=`.
+        """
+        p = Path(path)
+        if not p.exists():
+            raise SegedgeError(f"model path not found: {p}; pass an export folder, an .onnx file or a checkpoint")
+        description: dict[str, Any] | None = None
+        entry: dict[str, Any] | None = None
+        if p.is_dir() and p.suffix.lower() not in (".mlpackage",):
+            from ..export.manifest import read_manifest
+
+            man = read_manifest(p)
+            target, entry = _choose_target(man, p, target)
+            file = p / str(entry.get("file", ""))
+            if not entry.get("file") or not file.exists():
+                raise SegedgeError(f"{p}/manifest.json lists {entry.get('file')} for target '{target}' but the file "
+                                   "is missing; re-run `segedge export`")
+            description, p = man, file
+        else:
+            found = _manifest_entry_for_file(p)
+            if found:
+                description, found_target, entry = found
+                target = target or found_target
+        cls_ = get_backend(backend) if backend else backend_for_path(p)
+        if entry is not None:
+            options = {"manifest_entry": entry, **options}
+        be = cls_.open(p, threads=threads, **options)
+        if description is None and be.description is not None:
+            description = be.description
+        if description is not None:
+            info = ModelInfo.from_description(description, target=target, entry=entry,
+                                              source="manifest" if entry else "metadata")
+        elif p.suffix.lower() == ".onnx":
+            import onnx
+
+            info = ModelInfo.from_onnx_graph(onnx.load(str(p), load_external_data=False))
+        else:
+            raise SegedgeError(f"{p.name} carries no model description and is not in an export folder's "
+                               "manifest; export it with `segedge export`")
+        return cls(be, info, postprocess)
+
+    # -- properties -------------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, index = label value."""
+        return self.info.class_names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.info.num_classes
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) the model runs at; frames are resized to it."""
+        return self.info.input_size
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Segmenter(model={i.model}, target={i.target}, backend={self.backend.name}, "
+                f"input={i.input_size[0]}x{i.input_size[1]}, io={i.io}, postprocess={self.postprocess})")
+
+    # -- inference --------------------------------------------------------------------------------------------
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """A BGR frame → one model-input batch (float NCHW normalised, or uint8 NHWC for raw-io models)."""
+        if self.info.io == "raw":
+            return to_raw_input(frame_bgr, self.info.input_size, self.info.color_order)
+        return preprocess(frame_bgr, self.info.input_size, self.info.mean, self.info.std, "BGR")
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] == 1 or self.backend.supports_batch:
+            return self.backend.run(batch)
+        return np.concatenate([self.backend.run(batch[i:i + 1]) for i in range(batch.shape[0])], axis=0)
+
+    def _labels(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if self.info.output_kind == "labels":
+            return resize_labels(out.astype(np.uint8, copy=False), size)
+        return to_labels(out, size, self.postprocess)
+
+    def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """H×W uint8 labels at the frame's own size."""
+        frame = check_frame(frame_bgr)
+        out = self._run(self.prepare(frame))[0]
+        return self._labels(out, frame.shape[:2])
+
+    def predict_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for several frames (sizes may differ), in one batched run when the model allows it."""
+        checked = [check_frame(f) for f in frames]
+        if not checked:
+            return []
+        outs = self._run(np.concatenate([self.prepare(f) for f in checked], axis=0))
+        return [self._labels(o, f.shape[:2]) for o, f in zip(outs, checked)]
+
+    def logits(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """C×h×w float32 logits at the model's output stride (logits-output models only)."""
+        if self.info.output_kind != "logits":
+            raise SegedgeError("this model outputs labels (raw io export), not logits; export with --io float to "
+                               "get logits")
+        return np.asarray(self._run(self.prepare(check_frame(frame_bgr)))[0], np.float32)
+
+    def overlay(self, frame_bgr: np.ndarray, labels: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
+        """The frame with class colours blended in (labels predicted when not given); H×W×3 uint8 BGR."""
+        frame = check_frame(frame_bgr)
+        if labels is None:
+            labels = self.predict(frame)
+        return _overlay(frame, np.asarray(labels), self.palette, alpha)

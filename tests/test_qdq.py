@@ -1,0 +1,183 @@
+"""ort-int8 and the TensorRT-style Q/DQ artifact: rule validator (good and broken graphs), numerics, kept-float nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from segedge.errors import SegedgeError
+from segedge.export import ExportOptions, export_model
+from segedge.export.calibration import DEFAULT_CALIB_DIR, CalibrationTable
+from segedge.export.qdq_rules import validate_qdq
+from segedge.export.quantize import ORT_CPU, quantize, select_kept_float, summarize
+from segedge.models import create_model, save_checkpoint
+from segedge.runtime.preprocess import preprocess
+
+SIZE = (128, 128)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("q")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model("b0", num_classes=11), tmp / "b0.safetensors",
+                           {"model": "b0", "num_classes": 11, "input_size": list(SIZE)})
+    res = export_model(ExportOptions("b0", weights=ckpt, targets="ort-int8", input_size=SIZE, calib_count=4,
+                                     out=tmp / "exp"))
+    return res.out_dir, res.manifest
+
+
+# -- the validator on hand-built graphs ---------------------------------------------------------------------------
+
+def _conv_model(weight_scale: np.ndarray, weight_zp: np.ndarray, act_scale: np.ndarray, act_zp: np.ndarray,
+                axis: int = 0, weight_dtype: type = np.int8, bias_dq: bool = False) -> onnx.ModelProto:
+    """x → Q → DQ → Conv(DQ(W)) with the given quantization parameters."""
+    w = np.random.default_rng(0).integers(-100, 100, (4, 3, 3, 3)).astype(weight_dtype)
+    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(weight_scale.astype(np.float32), "w_s"),
+             numpy_helper.from_array(weight_zp, "w_zp"), numpy_helper.from_array(act_scale.astype(np.float32), "a_s"),
+             numpy_helper.from_array(act_zp, "a_zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "a_s", "a_zp"], ["x_q"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["x_q", "a_s", "a_zp"], ["x_dq"], name="dq_x"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], name="dq_w", axis=axis)]
+    conv_in = ["x_dq", "w"]
+    if bias_dq:
+        inits += [numpy_helper.from_array(np.zeros(4, np.int32), "b_q"),
+                  numpy_helper.from_array(np.full(4, 0.01, np.float32), "b_s"),
+                  numpy_helper.from_array(np.zeros(4, np.int32), "b_zp")]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_zp"], ["b"], name="dq_b", axis=0))
+        conv_in.append("b")
+    nodes.append(helper.make_node("Conv", conv_in, ["y"], name="conv"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+GOOD = dict(weight_scale=np.full(4, 0.01), weight_zp=np.zeros(4, np.int8), act_scale=np.array(0.02),
+            act_zp=np.array(0, np.int8))
+
+
+def test_validator_accepts_a_tensorrt_style_graph() -> None:
+    m = _conv_model(**GOOD)
+    onnx.checker.check_model(m)
+    assert validate_qdq(m) == []
+
+
+@pytest.mark.parametrize("change, rule", [
+    (dict(act_zp=np.array(128, np.uint8)), "zero-point-int8"),
+    (dict(act_zp=np.array(3, np.int8)), "zero-point-zero"),
+    (dict(act_scale=np.array(-0.02)), "scale-positive"),
+    (dict(act_scale=np.array(np.inf)), "scale-positive"),
+    (dict(act_scale=np.full(3, 0.02), act_zp=np.zeros(3, np.int8)), "activation-per-tensor"),
+    (dict(weight_scale=np.array(0.01), weight_zp=np.array(0, np.int8)), "weight-per-channel"),
+    (dict(weight_scale=np.full(3, 0.01), weight_zp=np.zeros(3, np.int8), axis=1), "weight-axis"),
+    (dict(bias_dq=True), "zero-point-int8"),
+])
+def test_validator_flags_each_broken_rule(change: dict, rule: str) -> None:
+    violations = validate_qdq(_conv_model(**{**GOOD, **change}))
+    assert rule in {v.rule for v in violations}, violations
+
+
+def test_validator_on_a_float_model_and_on_missing_zero_point() -> None:
+    m = _conv_model(**GOOD)
+    float_model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    assert [v.rule for v in validate_qdq(float_model)] == ["has-qdq"]
+    for n in m.graph.node:
+        if n.name == "q_x":
+            del n.input[2]
+    assert "zero-point-int8" in {v.rule for v in validate_qdq(m)}
+
+
+# -- the exported artifacts -----------------------------------------------------------------------------------------
+
+def test_exported_qdq_follows_the_rules_and_int8_does_not(int8_export: tuple[Path, dict]) -> None:
+    out, man = int8_export
+    assert validate_qdq(out / "model.qdq.onnx") == []
+    qm = onnx.load(str(out / "model.qdq.onnx"))
+    dq_axes = {n.input[0]: n for n in qm.graph.node if n.op_type == "DequantizeLinear"}
+    assert any(len(n.attribute) for n in dq_axes.values())  # per-channel weights present
+    rules = {v.rule for v in validate_qdq(out / "model.int8.onnx")}
+    assert "zero-point-int8" in rules  # the CPU flavour uses uint8 activations on purpose
+    q = man["targets"]["qdq"]["quantization"]
+    assert q["activation_type"] == "int8" and q["per_channel"] and q["qdq_rules"] == "passed"
+    i8 = man["targets"]["ort-int8"]["quantization"]
+    assert i8["activation_type"] == "uint8" and not i8["per_channel"]
+    assert man["targets"]["ort-int8"]["calibration"]["table"] == man["targets"]["qdq"]["calibration"]["table"]
+
+
+def test_int8_numerics_stay_close_to_fp32(int8_export: tuple[Path, dict]) -> None:
+    out, man = int8_export
+    mean, std = man["input"]["mean"], man["input"]["std"]
+    fp32 = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    agree, spread = [], []
+    for p in sorted(DEFAULT_CALIB_DIR.glob("*.jpg"))[:4]:
+        x = preprocess(cv2.imread(str(p)), SIZE, mean, std)
+        a, b = fp32.run(None, {"input": x})[0], int8.run(None, {"input": x})[0]
+        agree.append((a.argmax(1) == b.argmax(1)).mean())
+        spread.append(np.abs(a - b).mean() / np.abs(a).mean())
+    assert np.mean(agree) >= 0.85, agree  # random-init weights: near-ties; trained models agree far more
+    assert np.mean(spread) < 0.2, spread
+    v = man["targets"]["ort-int8"]["verification"]
+    assert v["argmax_agreement"] >= 0.85 and v["reference"] == "pytorch"
+
+
+def test_default_kept_float_nodes_are_listed(int8_export: tuple[Path, dict]) -> None:
+    q = int8_export[1]["targets"]["ort-int8"]["quantization"]
+    reasons = q["kept_float_by_reason"]
+    assert reasons["LayerNorm"] == 30 and reasons["Softmax"] == 8 and reasons["final classifier conv"] == 1
+    kept = {k["node"] for k in q["kept_float"]}
+    assert not kept & set(q["quantized"])
+    assert q["quantized_by_op"]["Conv"] >= 10 and q["quantized_by_op"]["MatMul"] >= 10
+    qm = onnx.load(str(int8_export[0] / "model.int8.onnx"))
+    by_name = {n.name: n for n in qm.graph.node}
+    inits = {t.name: t for t in qm.graph.initializer}
+    q_in = {i for n in qm.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    cls = by_name[next(k["node"] for k in q["kept_float"] if k["reason"] == "final classifier conv")]
+    # Kept float: the classifier runs with its float weight and its logits are never quantized.
+    assert inits[cls.input[1]].data_type == TensorProto.FLOAT and cls.output[0] not in q_in
+
+
+def test_keep_float_and_quantize_all_change_the_selection(int8_export: tuple[Path, dict], tmp_path: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = int8_export[0]
+    quant_pre_process(str(out / "model.onnx"), str(tmp_path / "pre.onnx"))
+    pre = onnx.load(str(tmp_path / "pre.onnx"))
+    every = select_kept_float(pre, quantize_all=True)
+    assert every == []
+    convs = select_kept_float(pre, keep_float=["Conv"], quantize_all=True)
+    assert {k.op for k in convs} == {"Conv"} and len(convs) == sum(n.op_type == "Conv" for n in pre.graph.node)
+    default = select_kept_float(pre)
+    assert {k.reason for k in default} >= {"LayerNorm", "Softmax", "final classifier conv"}
+    with pytest.raises(SegedgeError, match="matches no op type or node"):
+        select_kept_float(pre, keep_float=["NoSuchOp"])
+    table = CalibrationTable.load(out / "calibration.minmax.json")
+    qm = quantize(tmp_path / "pre.onnx", table, ORT_CPU, convs)
+    dq_out = {o for n in qm.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not any(n.input[1] in dq_out for n in qm.graph.node if n.op_type == "Conv")  # float conv weights
+    by_op = summarize(qm, convs, ORT_CPU)["quantized_by_op"]
+    assert "Conv" not in by_op  # --keep-float Conv
+    assert by_op["Softmax"] == 8 and by_op["LayerNormalization"] == 30  # --quantize-all reaches the defaults
+
+
+def test_val_reports_miou_per_target(camvid_like: Path, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    ckpt = save_checkpoint(create_model("topformer-t", num_classes=11), tmp_path / "tf.safetensors",
+                           {"model": "topformer-t", "num_classes": 11, "input_size": list(SIZE)})
+    res = export_model(ExportOptions("topformer-t", weights=ckpt, targets="ort-int8", input_size=SIZE,
+                                     calib_count=2, verify_frames=1, val=camvid_like, val_count=2,
+                                     out=tmp_path / "exp"))
+    vals = {t: e["verification"]["val"] for t, e in res.manifest["targets"].items()}
+    assert set(vals) == {"onnx", "ort-int8", "qdq"}
+    for v in vals.values():
+        assert v["frames"] == 2 and 0.0 <= v["miou"] <= 1.0 and v["pytorch_miou"] == vals["onnx"]["pytorch_miou"]
+    assert abs(vals["onnx"]["miou"] - vals["onnx"]["pytorch_miou"]) < 0.02  # FP32 ONNX ≈ PyTorch
