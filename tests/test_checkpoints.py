@@ -258,6 +258,12 @@ def test_truncated_pth(b0, tmp_path):
                     create_model, "b0", weights=tmp_path / "cut.pth")
 
 
+def test_garbage_pth_is_called_corrupt_not_unsafe(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"garbage, not a checkpoint\n")
+    _one_line_error(r"junk.pth is not a readable PyTorch checkpoint \(Unsupported operand \d+\); .*corrupt",
+                    create_model, "b0", weights=tmp_path / "junk.pth")
+
+
 def test_pickled_python_objects_refused(b0, tmp_path):
     torch.save({"state_dict": to_nvlabs(b0.state_dict()), "args": argparse.Namespace(lr=0.1)}, tmp_path / "obj.pth")
     _one_line_error(r"obj.pth contains pickled Python objects \(argparse.Namespace\).*refuses to unpickle",

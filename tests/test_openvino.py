@@ -54,7 +54,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def exports(setup: dict[str, Path]) -> dict[str, Path]:
-    """b0 through the API with --val pairs, TopFormer-T through the CLI (--ov-precision f32)."""
+    """b0 through the API with --val pairs, TopFormer-T through the CLI (--ov-precision f32, --json: NNCF's logs and
+    progress bars must not leak into stdout)."""
     from typer.testing import CliRunner
 
     from segedge.cli import app
@@ -68,9 +69,9 @@ def exports(setup: dict[str, Path]) -> dict[str, Path]:
     res = CliRunner().invoke(app, ["export", "-m", "topformer-t", "--weights", str(setup["topformer-t"]),
                                    "--target", "openvino,openvino-int8", "--input-size", "128x128", "--calib",
                                    str(setup["frames"]), "--calib-count", str(N_CALIB), "--ov-precision", "f32",
-                                   "--out", str(tf)])
+                                   "--out", str(tf), "--json"])
     assert res.exit_code == 0, res.output
-    assert "openvino-int8" in res.output and "nncf-ptq" in res.output
+    assert json.loads(res.stdout)["targets"]["openvino-int8"]["calibration"]["method"] == "nncf-ptq"
     return {"b0": b0, "topformer-t": tf}
 
 

@@ -443,8 +443,9 @@ def summarize_result(result: ExportResult) -> list[str]:
     lines = []
     for name, e in result.manifest["targets"].items():
         v = e.get("verification", {})
-        size = e.get("size_bytes", 0) + sum(c.get("size_bytes", 0) for c in (e.get("companion_files") or {}).values())
-        line = f"{name:<9} {e['file']:<18} {e['precision']:<5} {size / 1e6:6.1f} MB"
+        companions = (e.get("companion_files") or {}).values()  # e.g. OpenVINO's .bin: the size is the pair's
+        size = e.get("size_bytes", 0) + sum(c.get("size_bytes", 0) for c in companions)
+        line = f"{name:<13} {e['file']:<18} {e['precision']:<5} {size / 1e6:6.1f} MB"
         if v:
             line += f"  max|Δ| {v.get('max_abs_diff', float('nan')):.3g}  argmax agree {v.get('argmax_agreement', 0):.2%}"
         if "val" in v and v["val"].get("miou") is not None:

@@ -96,13 +96,18 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     except Exception as e:
         msg = _first_line(e)
         full = str(e)  # torch >= 2.6 puts the reason ("Unsupported global: GLOBAL x.Y") on a later line
-        if "weights_only" in msg or "Unsupported global" in full or "WeightsUnpickler" in full:
-            glob = re.search(r"GLOBAL ([\w.]+)", full)
+        glob = re.search(r"GLOBAL ([\w.]+)", full)
+        # "Unsupported operand" and friends mean the bytes are not a pickle at all: corrupt, not unsafe.
+        if glob or "Unsupported global" in full or "Unsupported class" in full:
             raise CheckpointError(
                 f"{p.name} contains pickled Python objects{f' ({glob[1]})' if glob else ''}, not just tensors; "
                 "segedge refuses to unpickle "
                 "arbitrary code: re-save the state dict alone (torch.save(model.state_dict(), ...)) or as safetensors"
             ) from None
+        if "Weights only load failed" in msg:  # torch's generic preamble; the real reason is further down
+            detail = [ln.strip() for ln in full.splitlines() if ln.strip() and "Weights only" not in ln
+                      and "WeightsUnpickler" not in ln and "Please file" not in ln and "Check the doc" not in ln]
+            msg = detail[0] if detail else "not a tensor checkpoint"
         raise CheckpointError(f"{p.name} is not a readable PyTorch checkpoint ({msg}); "
                               "the file may be truncated or corrupt") from None
     if isinstance(obj, dict):

@@ -11,8 +11,10 @@ every INT8 target: recorded, not enforced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from ...errors import ExportError
 from . import TargetSpec, register_target
@@ -40,6 +42,25 @@ def count_fake_quantize(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
+@contextlib.contextmanager
+def nncf_output_to_stderr() -> Iterator[None]:
+    """NNCF logs (INFO) through a handler bound to stdout and draws rich progress bars on stdout: send both to
+    stderr at WARNING so `segedge export --json` keeps a clean stdout."""
+    log = logging.getLogger("nncf")
+    level = log.level
+    swapped = [(h, h.setStream(sys.stderr)) for h in log.handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for h, old in swapped:
+            if old is not None:
+                h.setStream(old)
+        log.setLevel(level)
+
+
 def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any:
     """nncf.quantize on the calibration frames; any NNCF failure becomes a one-line ExportError."""
     import nncf
@@ -54,16 +75,12 @@ def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     ctx.progress(f"quantizing openvino-int8 with NNCF ({settings['preset']} preset"
                  f"{', transformer' if settings['model_type'] else ''}) on {len(inputs)} frames")
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)  # NNCF logs every step at INFO
     try:
-        return nncf.quantize(model, nncf.Dataset(inputs), **kwargs)
+        with nncf_output_to_stderr():
+            return nncf.quantize(model, nncf.Dataset(inputs), **kwargs)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types (RuntimeError, nncf.InternalError, …)
         raise ExportError(f"openvino-int8: NNCF post-training quantization failed ({first_line(e)}); no file was "
                           "written: try more --calib frames or report the model/options") from None
-    finally:
-        nncf_log.setLevel(level)
 
 
 def build(ctx: ExportContext) -> TargetArtifact:

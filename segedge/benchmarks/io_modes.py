@@ -1,0 +1,171 @@
+"""What camera-ready I/O and the two post-processing paths cost and change, measured side by side.
+
+For one model at one input size this compares, on the same labelled frames and in one run:
+
+- `float/fast`:  float NCHW export; NumPy/OpenCV pre-processing; argmax at the output stride, nearest upsample;
+- `float/exact`: the same export; bilinear upsample of the logits to the frame size, then argmax;
+- `raw`:         `--io raw` export (uint8 NHWC frame in, argmax in the graph, uint8 labels at the output stride
+                 out); the runtime only resizes the frame and nearest-upsamples the labels;
+- `raw/upsample`: `--io raw --upsample` (labels at the input size come out of the graph).
+
+End-to-end latency is frame in memory → labels at the frame's size (what a video loop pays per frame), timed
+round-robin so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed on the
+same frames. Run it with `python -m segedge.benchmarks.io_modes --help` (or `benchmarks/io_modes.sh`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..data.metrics import ConfusionMatrix
+from ..errors import SegedgeError
+from ..io import write_json_atomic, write_text_atomic
+from .stats import Agreement, latency_stats, ns_to_ms
+
+VARIANTS = ("float/fast", "float/exact", "raw", "raw/upsample")
+
+
+def time_round_robin(fns: dict[str, Callable[[np.ndarray], Any]], frames: Sequence[np.ndarray], iters: int,
+                     warmup: int) -> dict[str, dict[str, float]]:
+    """Latency stats per function: each round runs every function on the same frame, order rotated per round."""
+    names = list(fns)
+    for i in range(warmup):
+        for n in names:
+            fns[n](frames[i % len(frames)])
+    durations: dict[str, list[int]] = {n: [] for n in names}
+    for i in range(iters):
+        frame = frames[i % len(frames)]
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter_ns()
+            fns[n](frame)
+            durations[n].append(time.perf_counter_ns() - t0)
+    return {n: latency_stats(ns_to_ms(d)) for n, d in durations.items()}
+
+
+def accuracy(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+             num_classes: int, class_names: list[str], reference: str) -> dict[str, dict[str, Any]]:
+    """mIoU, pixel accuracy and agreement with the `reference` predictor for each predictor on the same pairs."""
+    cms = {n: ConfusionMatrix(num_classes) for n in predictors}
+    agree = {n: Agreement() for n in predictors}
+    for frame, label in pairs:
+        ref = predictors[reference](frame)
+        for n, p in predictors.items():
+            pred = ref if n == reference else p(frame)
+            cms[n].update(pred, label)
+            agree[n].update(pred, ref)
+    out = {}
+    for n, cm in cms.items():
+        m = cm.compute(class_names)
+        out[n] = {"miou": float(m.miou), "pixel_acc": float(m.pixel_acc), "agreement_vs_exact": agree[n].value,
+                  "frames": len(pairs)}
+    return out
+
+
+def run(model: str, weights: str | None, data: Path, dataset: str, split: str, input_size: tuple[int, int] | None,
+        target: str, calib: str | None, limit: int | None, iters: int, warmup: int, threads: int | None,
+        out: Path, exports: Path) -> dict[str, Any]:
+    """Export the float and raw variants (reusing existing folders), then measure latency and accuracy."""
+    from ..data.datasets import open_dataset
+    from ..export.pipeline import ExportOptions, export_model
+    from ..runtime import Segmenter
+    from .machine import machine_info
+
+    ds = open_dataset(dataset, data, split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    pairs = [ds[i] for i in range(n)]
+    if not pairs:
+        raise SegedgeError(f"no labelled frames in {data} ({split}); check --data and --split")
+    segs: dict[str, Segmenter] = {}
+    folders: dict[str, str] = {}
+    for io, upsample in (("float", False), ("raw", False), ("raw", True)):
+        size_tag = f"{input_size[0]}x{input_size[1]}" if input_size else "default"
+        folder = exports / f"{model}-{size_tag}-{io}{'-up' if upsample else ''}"
+        opts = ExportOptions(model=model, weights=weights, targets=target, input_size=input_size, calib=calib,
+                             io=io, upsample=upsample, out=folder)
+        res = export_model(opts)
+        folders[io + ("/upsample" if upsample else "")] = str(res.out_dir)
+        if io == "float":
+            base = Segmenter.load(res.out_dir, target=target, threads=threads, postprocess="fast")
+            segs["float/fast"] = base
+            segs["float/exact"] = Segmenter(base.backend, base.info, "exact")
+        else:
+            segs["raw/upsample" if upsample else "raw"] = Segmenter.load(res.out_dir, target=target, threads=threads)
+    predictors = {k: s.predict for k, s in segs.items()}
+    frames = [f for f, _ in pairs]
+    lat = time_round_robin(predictors, frames, iters, warmup)
+    acc = accuracy(predictors, pairs, ds.num_classes, ds.class_names, reference="float/exact")
+    info = segs["float/fast"].info
+    results = {
+        "format": "segedge-io-modes/1", "model": model, "target": target,
+        "input_size": list(info.input_size), "frame_size": list(frames[0].shape[:2]),
+        "dataset": {"name": dataset, "root": str(data), "split": split, "frames": n},
+        "timing": {"iters": iters, "warmup": warmup, "threads": threads, "order": "round-robin",
+                   "what": "frame in memory -> labels at frame size (pre-process + inference + post-process)"},
+        "exports": folders,
+        "variants": {k: {"latency": lat[k], **acc[k]} for k in predictors},
+        "machine": machine_info(threads),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "io_modes.json", results)
+    write_text_atomic(out / "io_modes.md", to_markdown(results))
+    return results
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """A Markdown table of the comparison, ratios against float/fast."""
+    v = results["variants"]
+    base = v["float/fast"]["latency"]["p50_ms"]
+    lines = [f"{results['model']} `{results['target']}` at {results['input_size'][0]}x{results['input_size'][1]}, "
+             f"frames {results['frame_size'][0]}x{results['frame_size'][1]}, {results['dataset']['frames']} "
+             f"{results['dataset']['name']} {results['dataset']['split']} frames",
+             "",
+             "| variant | end-to-end p50 ms | mean ms | vs float/fast | mIoU % | agreement vs float/exact |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k, r in v.items():
+        lat = r["latency"]
+        lines.append(f"| {k} | {lat['p50_ms']:.2f} | {lat['mean_ms']:.2f} | {lat['p50_ms'] / base:.2f}x | "
+                     f"{100 * r['miou']:.2f} | {100 * r['agreement_vs_exact']:.2f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: python -m segedge.benchmarks.io_modes --model b0 --data CAMVID."""
+    from ..models import parse_size
+
+    ap = argparse.ArgumentParser(prog="python -m segedge.benchmarks.io_modes", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--weights", default=None, help="checkpoint (default: the embedded demo weights)")
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--dataset", default="camvid")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--input-size", default=None)
+    ap.add_argument("--target", default="onnx", help="export target timed in every variant (onnx, ort-int8, ...)")
+    ap.add_argument("--calib", default=None, help="calibration source for INT8 targets")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N frames")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/io-modes"))
+    ap.add_argument("--exports", type=Path, default=Path("exports/io-modes"))
+    a = ap.parse_args(argv)
+    try:
+        res = run(a.model, a.weights, a.data, a.dataset, a.split, parse_size(a.input_size) if a.input_size else None,
+                  a.target, a.calib, a.limit, a.iters, a.warmup, a.threads, a.out, a.exports)
+    except SegedgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(to_markdown(res))
+    print(f"wrote {a.out / 'io_modes.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
