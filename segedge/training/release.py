@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from ..benchmarks.machine import cpu_model
 from ..io import write_text_atomic
 from ..models import create_model, save_checkpoint
 
@@ -30,6 +32,7 @@ def release_checkpoint(run_dir: str | Path, dst: str | Path, val_metrics: dict, 
     })
     save_checkpoint(model, dst, meta, dtype=torch.float16)
     name = meta["model"]
+    cpu = cpu_model()
     rows = "\n".join(f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |"
                      for k, v in val_metrics["per_class_iou"].items())
     card = f"""# {dst.name}
@@ -49,7 +52,7 @@ machines) with `segedge train`. It is the embedded default: `segedge export/eval
 | augmentation | random scale {cfg.get('scale_range')}, crop with ignore padding (cat_max_ratio 0.75), flip, photometric jitter |
 | loss | cross-entropy, ignore 255, class weights {cfg.get('class_weighting')} |
 | best iteration | {meta.get('iteration')} |
-| wall time | {wall_minutes:.0f} min on a 2-core CPU (AMD EPYC Zen 4), validation included; torch threads: {cfg.get('threads') or 'all'} (see notes below) |
+| wall time | {wall_minutes:.0f} min on {cpu} ({os.cpu_count()} cores), validation included; torch threads: {cfg.get('threads') or 'all'} (see notes below) |
 | val mIoU (11 classes) | **{100 * val_metrics['miou']:.2f} %** (fp16 weights as shipped, 384x512, exact bilinear post-processing) |
 | pixel accuracy | {100 * val_metrics['pixel_acc']:.2f} % |
 | stored as | float16 safetensors (metadata in the header) |

@@ -9,12 +9,11 @@ manifest entry. The pipeline commits staged files only once every requested targ
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import SegedgeError
+from ...plugins import import_plugins
 from .base import ExportContext, TargetArtifact
 
 __all__ = ["ExportContext", "TargetArtifact", "TargetSpec", "get_target", "list_targets", "register_target",
@@ -49,9 +48,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name != "base":
-            importlib.import_module(f"{__name__}.{mod.name}")
+    import_plugins(__name__, __path__)
 
 
 def list_targets() -> list[TargetSpec]:

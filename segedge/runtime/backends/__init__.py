@@ -8,11 +8,10 @@ libraries are imported inside the backend's methods, never at module import.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from ...errors import SegedgeError
+from ...plugins import import_plugins
 from .base import Backend
 
 __all__ = ["Backend", "backend_for_path", "get_backend", "list_backends", "register_backend"]
@@ -32,12 +31,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name != "base":
-            try:
-                importlib.import_module(f"{__name__}.{mod.name}")
-            except ImportError:  # a backend whose module cannot even import is simply not offered
-                continue
+    import_plugins(__name__, __path__, tolerate_import_errors=True)
 
 
 def list_backends() -> list[type[Backend]]:
