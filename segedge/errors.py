@@ -17,3 +17,7 @@ class DataError(SegedgeError):
 
 class ExportError(SegedgeError):
     """An export step failed (tolerance, unsupported option, unwritable output)."""
+
+
+class LabelRangeError(DataError):
+    """Label values beyond the dataset's classes: a wrong --num-classes or dataset type, never skipped."""

@@ -34,9 +34,10 @@ def evaluate(predict: Predictor, dataset: SegDataset, limit: int | None = None,
     idx = list(indices) if indices is not None else list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     cm = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
     for n, i in enumerate(idx):
-        img, lab = dataset[i]
-        pred = predict(img)
-        cm.update(pred, lab)
+        item = dataset.get(i)  # unreadable samples are skipped and counted unless the dataset is strict
+        if item is not None:
+            img, lab = item
+            cm.update(predict(img), lab)
         if progress:
             progress(n + 1, len(idx))
     return cm.compute(dataset.class_names)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write_pairs
 from segedge.data.datasets import open_dataset
-from segedge.errors import DataError
+from segedge.errors import DataError, LabelRangeError
 
 
 def test_camvid_layout_maps_void_to_ignore(camvid_like):
@@ -92,12 +92,38 @@ def test_unreadable_files_skipped_or_strict(tmp_path):
     write_pairs(root / "images", root / "masks", 3, 16, 16)
     (root / "images" / "f001.png").write_bytes(b"not a png")
     ds = open_dataset("folder", root, "val", num_classes=3)
-    with pytest.warns(UserWarning, match="1 unreadable"):
-        items = list(ds)
+    items = list(ds)
     assert len(items) == 2 and ds.skipped == 1
+    assert ds.skipped_note().startswith("1 unreadable or mismatched sample(s)")
     strict = open_dataset("folder", root, "val", num_classes=3, strict=True)
     with pytest.raises(DataError, match="cannot read image"):
         list(strict)
+
+
+def test_evaluate_skips_unreadable_unless_strict_but_never_out_of_range(tmp_path):
+    from segedge.evaluation import evaluate
+
+    root = tmp_path / "f"
+    write_pairs(root / "images", root / "masks", 3, 16, 16)
+    (root / "images" / "f001.png").write_bytes(b"not a png")
+    ds = open_dataset("folder", root, "val", num_classes=3)
+    m = evaluate(lambda img: np.zeros(img.shape[:2], np.uint8), ds)
+    assert ds.skipped == 1 and m.confusion.sum() == 2 * 16 * 16
+    with pytest.raises(DataError, match="cannot read image"):
+        evaluate(lambda img: np.zeros(img.shape[:2], np.uint8),
+                 open_dataset("folder", root, "val", num_classes=3, strict=True))
+    cv2.imwrite(str(root / "masks" / "f002.png"), np.full((16, 16), 5, np.uint8))
+    with pytest.raises(LabelRangeError, match="5: 256 px"):  # skipping would quietly change the measurement
+        list(open_dataset("folder", root, "val", num_classes=3))
+
+
+def test_camvid_raw_values_beyond_void_are_reported(camvid_like):
+    lab = cv2.imread(str(camvid_like / "valannot" / "f000.png"), cv2.IMREAD_UNCHANGED)
+    lab[0, :4] = 40
+    cv2.imwrite(str(camvid_like / "valannot" / "f000.png"), lab)
+    ds = open_dataset("camvid", camvid_like, "val")
+    with pytest.raises(LabelRangeError, match=r"camvid's label ids \(0..11\) \(40: 4 px\)"):
+        ds[0]
 
 
 @pytest.mark.camvid

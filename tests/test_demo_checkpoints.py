@@ -38,3 +38,16 @@ def test_shipped_checkpoint_reaches_floor_on_camvid_subset(name, camvid_root):
     subset = range(0, len(ds), 4)  # 26 of the 101 val frames, spread over the sequence
     m = evaluate(torch_predictor(model, tuple(cfg["input_size"]), cfg["mean"], cfg["std"]), ds, indices=subset)
     assert m.miou >= FLOORS[name], f"{name}: {m.miou:.4f} on the subset"
+
+
+@pytest.mark.slow
+@pytest.mark.camvid
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_shipped_checkpoint_full_val_matches_its_model_card(name, camvid_root):
+    """All 101 val frames: the floor holds and the card's figure is what the shipped fp16 weights give."""
+    ds = open_dataset("camvid", camvid_root, "val")
+    model = create_model(name, weights="default")
+    cfg = model.pretrained_cfg
+    m = evaluate(torch_predictor(model, tuple(cfg["input_size"]), cfg["mean"], cfg["std"]), ds)
+    assert m.miou >= FLOORS[name]
+    assert abs(m.miou - cfg["meta"]["val_miou"]) < 1e-4, (m.miou, cfg["meta"]["val_miou"])

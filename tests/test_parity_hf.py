@@ -169,7 +169,7 @@ def test_backbone_only_from_imagenet_classifier(x, tmp_path):
                 m.weight.normal_(1.0, 0.2)
                 m.bias.normal_(0.0, 0.1)
     clf.save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="holds only a backbone.*--backbone-only"):
+    with pytest.raises(CheckpointError, match="holds only a backbone.*segedge train --weights"):
         create_model("b0", weights=tmp_path)
     ours = create_model("b0", weights=tmp_path, backbone_only=True, num_classes=4).eval()
     with torch.no_grad():

@@ -295,7 +295,7 @@ def test_wrong_topformer_variant(tmp_path):
 def test_bare_backbone_needs_backbone_only(tmp_path):
     sd = {k[len("backbone."):]: v for k, v in random_official_state("t", 11).items() if k.startswith("backbone.")}
     torch.save(sd, tmp_path / "topformer-T-backbone.pth")
-    with pytest.raises(CheckpointError, match=r"holds only a backbone, no decode head; load it with --backbone-only"):
+    with pytest.raises(CheckpointError, match=r"holds only a backbone, no decode head; train a head on it with .segedge train --weights."):
         create_model("topformer-t", weights=tmp_path / "topformer-T-backbone.pth")
     model = create_model("topformer-t", weights=tmp_path / "topformer-T-backbone.pth", backbone_only=True,
                          num_classes=4)

@@ -73,3 +73,22 @@ def test_topformer_trains(camvid_like, tmp_path):
     tr = Trainer(_cfg(camvid_like, tmp_path / "t", model="topformer-t", input_size=(64, 128), iters=3, val_every=3))
     tr.run()
     assert (tmp_path / "t" / "last.safetensors").exists() and len(tr.losses) == 3
+
+
+def test_release_writes_fp16_weights_and_a_card(camvid_like, tmp_path):
+    from safetensors import safe_open
+
+    from segedge.training.release import release_checkpoint
+
+    Trainer(_cfg(camvid_like, tmp_path / "run", model="topformer-t", input_size=(64, 64), iters=2, val_every=2)).run()
+    metrics = {"miou": 0.5, "pixel_acc": 0.75, "per_class_iou": {"Sky": 0.5, "Pole": None}}
+    dst = release_checkpoint(tmp_path / "run", tmp_path / "rel" / "t.safetensors", metrics, 12.0, "a note",
+                             n_train=6, n_val=3)
+    with safe_open(str(dst), framework="pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} <= {"F16", "I64"}  # I64: BN counters
+    card = dst.with_suffix(".md").read_text()
+    for needle in ("CamVid train (6 images)", "val (3 images)", "2 iterations x batch 2 (≈ 1 epochs)",
+                   "**50.00 %**", "| Pole | n/a |", "non-commercial", "12 min", "a note"):
+        assert needle in card, needle
+    m = create_model("topformer-t", weights=dst)
+    assert m.pretrained_cfg["meta"]["val_miou"] == 0.5 and m.pretrained_cfg["num_classes"] == 11

@@ -1,4 +1,5 @@
-"""`segedge eval`: mIoU and per-class IoU of a model or exported artifact on a labelled dataset."""
+"""`segedge eval`: mIoU and per-class IoU of a PyTorch checkpoint on a labelled dataset (exported artifacts: `segedge
+bench --targets …`, which measures them against this same reference)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def evaluate_cmd(
     split: str = typer.Option("val", "--split"),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW (default: the checkpoint's)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
     strict: bool = typer.Option(False, "--strict", help="Fail on unreadable samples instead of skipping them."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
@@ -29,7 +30,8 @@ def evaluate_cmd(
     from ..data.datasets import open_dataset
     from ..errors import SegedgeError
     from ..evaluation import evaluate, torch_predictor
-    from ..models import create_model, parse_size, validate_input_size
+    from ..models import create_model, validate_input_size
+    from . import parse_size_strict
 
     console = Console(stderr=True)
     ds = open_dataset(dataset, data, split, num_classes=num_classes, strict=strict)
@@ -40,13 +42,16 @@ def evaluate_cmd(
     if cfg["num_classes"] != ds.num_classes:
         raise SegedgeError(f"the model predicts {cfg['num_classes']} classes but {ds.name} has {ds.num_classes}; "
                            "use weights trained on this dataset")
-    size = validate_input_size(model, parse_size(input_size) if input_size else tuple(cfg["input_size"]))
+    size = validate_input_size(model, parse_size_strict(input_size) if input_size else tuple(cfg["input_size"]))
     pred = torch_predictor(net, size, cfg["mean"], cfg["std"])
     with Progress(console=console, transient=True, disable=as_json) as prog:
         task = prog.add_task(f"evaluating {cfg['model']} on {ds.name}/{split}", total=min(limit or len(ds), len(ds)))
         m = evaluate(pred, ds, limit=limit, progress=lambda i, n: prog.update(task, completed=i))
+    n = min(limit or len(ds), len(ds))
     result = {"model": cfg["model"], "weights": cfg["weights"], "dataset": ds.name, "split": split,
-              "samples": min(limit or len(ds), len(ds)), "input_size": list(size), **m.as_dict()}
+              "samples": n - ds.skipped, "skipped": ds.skipped, "input_size": list(size), **m.as_dict()}
+    if ds.skipped_note():
+        console.print(f"[yellow]note:[/] {ds.skipped_note()}", highlight=False)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -17,7 +17,7 @@ def export_cmd(
     target: str = typer.Option("onnx", "--target", "-t",
                                help="Comma-separated targets: onnx (FP32), ort-int8 (ONNX Runtime CPU INT8, writes "
                                     "the TensorRT-style qdq alongside), qdq, openvino (OpenVINO IR FP32: model.xml + "
-                                    ".bin), openvino-int8 (OpenVINO IR INT8 via NNCF; needs segedge[openvino])."),
+                                    ".bin), openvino-int8 (OpenVINO IR INT8 via NNCF; needs segedge\\[openvino])."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="HEIGHTxWIDTH (default: the checkpoint's)."),
     calib: Optional[str] = typer.Option(None, "--calib",
                                         help="Calibration / check frames: image folder, video file, or "

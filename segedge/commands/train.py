@@ -18,11 +18,11 @@ def train(
     crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop HxW (default: input size)."),
     epochs: int = typer.Option(0, "--epochs", help="Schedule length in epochs (or use --iters)."),
     iters: int = typer.Option(0, "--iters", help="Schedule length in iterations."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
     lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate."),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     warmup_iters: int = typer.Option(300, "--warmup-iters"),
-    val_every: int = typer.Option(500, "--val-every", help="Validate (and checkpoint) every N iterations."),
+    val_every: int = typer.Option(500, "--val-every", min=1, help="Validate (and checkpoint) every N iterations."),
     class_weighting: str = typer.Option("sqrt-median", "--class-weighting", help="sqrt-median | none"),
     amp: str = typer.Option("none", "--amp", help="none | bf16 (CPU with AVX-512 BF16, ≈2× for SegFormer) | fp16 (CUDA)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
@@ -31,19 +31,36 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: best/last checkpoints, logs, summary."),
     resume: bool = typer.Option(False, "--resume", help="Continue from out/last.safetensors + train_state.pt."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on unreadable samples instead of skipping them."),
 ) -> None:
     """Train with AdamW + poly schedule, augmentation, periodic val mIoU; best/last checkpoints in segedge format."""
-    from ..models import parse_size
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from ..training.trainer import TrainConfig, Trainer
+    from . import parse_size_strict
 
     cfg = TrainConfig(
-        model=model, data=str(data), dataset=dataset, out=str(out), input_size=parse_size(input_size),
-        crop_size=parse_size(crop_size) if crop_size else None, iters=iters, epochs=epochs, batch_size=batch_size,
+        model=model, data=str(data), dataset=dataset, out=str(out), input_size=parse_size_strict(input_size),
+        crop_size=parse_size_strict(crop_size) if crop_size else None, iters=iters, epochs=epochs,
+        batch_size=batch_size, strict=strict,
         lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, val_every=val_every,
         class_weighting=class_weighting, amp=amp, num_classes=num_classes, weights=str(weights) if weights else None,
         threads=threads, seed=seed, command="segedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    summary = Trainer(cfg).run(resume=resume)
+    console = Console(stderr=True)
+    # The bar lives on stderr and only on a terminal; the log lines (every 20 iterations) serve nohup'd runs.
+    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("train", total=None, loss=float("nan"), ips=0.0)
+
+        def progress(done: int, total: int, loss: float, ips: float) -> None:
+            bar.update(task, completed=done, total=total, loss=loss, ips=ips)
+
+        trainer = Trainer(cfg, log=lambda line: bar.console.print(line, highlight=False, markup=False),
+                          progress=progress)
+        summary = trainer.run(resume=resume)
     typer.echo(f"best val mIoU {summary['best_miou']:.4f}; checkpoints in {out}")
 
 

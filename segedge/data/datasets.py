@@ -7,7 +7,6 @@ returned already mapped to train ids (ignore = 255). Images are read as BGR uint
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, LabelRangeError
 
 IGNORE_INDEX = 255
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -57,14 +56,15 @@ class SegDataset:
     name = "folder"
 
     def __init__(self, root: Path, split: str, samples: list[Sample], class_names: list[str],
-                 label_map: np.ndarray | None = None, strict: bool = False) -> None:
+                 label_map: np.ndarray | None = None, strict: bool = False, max_raw_label: int | None = None) -> None:
         self.root, self.split, self.samples = Path(root), split, samples
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = IGNORE_INDEX
         self.label_map = label_map  # 256-entry uint8 LUT raw value → train id
         self.strict = strict
-        self.skipped = 0
+        self.max_raw_label = max_raw_label  # highest raw value the format defines (255 = ignore is always fine)
+        self.skipped = 0  # unreadable / mismatched samples passed over by `__iter__` and `evaluate`
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -90,15 +90,17 @@ class SegDataset:
             if lab.max() > 255:
                 raise DataError(f"label {s.label_path.name} has values above 255; save labels as 8-bit PNG")
             lab = lab.astype(np.uint8)
-        if self.label_map is not None:
-            return self.label_map[lab]
-        bad = (lab >= self.num_classes) & (lab != IGNORE_INDEX)
-        if bad.any():
-            vals, cnt = np.unique(lab[bad], return_counts=True)
-            desc = ", ".join(f"{v}: {c} px" for v, c in zip(vals[:5].tolist(), cnt[:5].tolist()))
-            raise DataError(f"label {s.label_path.name} holds values beyond the {self.num_classes} classes ({desc}); "
-                            f"fix the mask, pass the right --num-classes, or use {IGNORE_INDEX} for ignore")
-        return lab
+        top = self.max_raw_label if self.label_map is not None else self.num_classes - 1
+        if top is not None:
+            bad = (lab > top) & (lab != IGNORE_INDEX)
+            if bad.any():
+                vals, cnt = np.unique(lab[bad], return_counts=True)
+                desc = ", ".join(f"{v}: {c} px" for v, c in zip(vals[:5].tolist(), cnt[:5].tolist()))
+                what = f"the {self.num_classes} classes" if self.label_map is None else \
+                    f"{self.name}'s label ids (0..{top})"
+                raise LabelRangeError(f"label {s.label_path.name} holds values beyond {what} ({desc}); fix the mask, "
+                                      f"pass the right --num-classes / --dataset, or use {IGNORE_INDEX} for ignore")
+        return self.label_map[lab] if self.label_map is not None else lab
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img, lab = self.read_image(i), self.read_label(i)
@@ -107,16 +109,34 @@ class SegDataset:
                             f"is {lab.shape[1]}x{lab.shape[0]}; image and mask must have the same size")
         return img, lab
 
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Sample i, or None (counted in `skipped`) when it is unreadable or mismatched and the set is not strict.
+
+        Label values beyond the classes always raise: they mean a wrong --num-classes or dataset type, and skipping
+        them would quietly change what is trained or measured.
+        """
+        try:
+            return self[i]
+        except LabelRangeError:
+            raise
+        except DataError:
+            if self.strict:
+                raise
+            self.skipped += 1
+            return None
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(len(self)):
-            try:
-                yield self[i]
-            except DataError:
-                if self.strict:
-                    raise
-                self.skipped += 1
-        if self.skipped:
-            warnings.warn(f"{self.skipped} unreadable or mismatched samples were skipped (use --strict to fail)")
+            item = self.get(i)
+            if item is not None:
+                yield item
+
+    def skipped_note(self) -> str | None:
+        """One line about skipped samples, or None."""
+        if not self.skipped:
+            return None
+        return f"{self.skipped} unreadable or mismatched sample(s) in {self.root} ({self.split}) were skipped; " \
+               "--strict makes them an error"
 
     def validate(self, limit: int | None = None) -> dict[str, int]:
         """Check labels for out-of-range values; raise with counts, or return per-value pixel counts."""
@@ -127,7 +147,7 @@ class SegDataset:
         bad = {v: int(c) for v, c in enumerate(counts) if c and v >= self.num_classes and v != IGNORE_INDEX}
         if bad:
             desc = ", ".join(f"{v}: {c} px" for v, c in list(bad.items())[:5])
-            raise DataError(f"labels hold values beyond the {self.num_classes} classes ({desc}); fix the masks, "
+            raise LabelRangeError(f"labels hold values beyond the {self.num_classes} classes ({desc}); fix the masks, "
                             f"pass the right --num-classes, or map them to {IGNORE_INDEX} (ignore)")
         return {int(v): int(c) for v, c in enumerate(counts) if c}
 
@@ -177,7 +197,7 @@ def open_camvid(root: Path, split: str = "val", strict: bool = False, **_: objec
     pairs = _pair_by_stem(_images(img_dir), _images(ann_dir), root, f"CamVid {split}")
     lut = _identity_map(11)
     lut[11] = IGNORE_INDEX
-    ds = SegDataset(root, split, pairs, CAMVID_CLASSES, lut, strict)
+    ds = SegDataset(root, split, pairs, CAMVID_CLASSES, lut, strict, max_raw_label=11)
     ds.name = "camvid"
     return ds
 
@@ -195,7 +215,7 @@ def open_cityscapes(root: Path, split: str = "val", strict: bool = False, **_: o
     lut = np.full(256, IGNORE_INDEX, np.uint8)
     for k, v in CITYSCAPES_ID_TO_TRAIN.items():
         lut[k] = v
-    ds = SegDataset(root, split, pairs, CITYSCAPES_CLASSES, lut, strict)
+    ds = SegDataset(root, split, pairs, CITYSCAPES_CLASSES, lut, strict, max_raw_label=33)
     ds.name = "cityscapes"
     return ds
 
@@ -213,7 +233,7 @@ def open_ade20k(root: Path, split: str = "val", strict: bool = False, **_: objec
     pairs = _pair_by_stem(_images(img_dir), _images(ann_dir), root, f"ADE20K {split}")
     lut = np.full(256, IGNORE_INDEX, np.uint8)
     lut[1:151] = np.arange(150)  # reduce_zero_label: 0 (other) → ignore, 1..150 → 0..149
-    ds = SegDataset(root, split, pairs, ADE20K_CLASSES, lut, strict)
+    ds = SegDataset(root, split, pairs, ADE20K_CLASSES, lut, strict, max_raw_label=150)
     ds.name = "ade20k"
     return ds
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -47,6 +46,7 @@ class CalibrationFrames:
     source: str
     kind: str  # folder | video | dataset | iterable
     sha256: str = ""
+    skipped: int = 0  # unreadable image files passed over while selecting
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -84,7 +84,7 @@ def _read_image(p: Path) -> np.ndarray | None:
     return check_frame(img)
 
 
-def _pick_files(files: list[Path], count: int, seed: int, where: str) -> tuple[list[np.ndarray], list[str]]:
+def _pick_files(files: list[Path], count: int, seed: int, where: str) -> tuple[list[np.ndarray], list[str], int]:
     """Decode up to `count` readable images from `files` in a seeded order (all of them when count ≥ len)."""
     order = list(range(len(files)))
     if count < len(files):
@@ -104,10 +104,8 @@ def _pick_files(files: list[Path], count: int, seed: int, where: str) -> tuple[l
     if not chosen:
         raise DataError(f"none of the {len(files)} image files in {where} could be read; they may be corrupt "
                         "or not images: point --calib at real frames")
-    if bad:
-        warnings.warn(f"skipped {bad} unreadable image(s) in {where}")
     chosen.sort()
-    return [frames[i] for i in chosen], [str(files[i]) for i in chosen]
+    return [frames[i] for i in chosen], [str(files[i]) for i in chosen], bad
 
 
 def _from_folder(folder: Path, count: int, seed: int) -> CalibrationFrames:
@@ -118,9 +116,9 @@ def _from_folder(folder: Path, count: int, seed: int) -> CalibrationFrames:
         what = f"holds {len(others)} file(s) but no images" if others else "is empty"
         raise DataError(f"calibration folder {folder} {what}; put .jpg/.png/.bmp/.webp frames there "
                         "(e.g. ffmpeg -i cam.mp4 -vf fps=1 frames/%04d.jpg) or pass --calib VIDEO")
-    frames, names = _pick_files(files, count, seed, str(folder))
+    frames, names, bad = _pick_files(files, count, seed, str(folder))
     names = [str(Path(n).relative_to(folder)) for n in names]
-    return CalibrationFrames(frames, names, str(folder), "folder")
+    return CalibrationFrames(frames, names, str(folder), "folder", skipped=bad)
 
 
 def _from_video(path: Path, count: int, step: int | None) -> CalibrationFrames:
@@ -176,8 +174,8 @@ def _from_dataset(ds: Any, count: int, seed: int, source: str) -> CalibrationFra
     files = [Path(s.image_path) for s in ds.samples]
     if not files:
         raise DataError(f"dataset {source} has no images in this split; check the path and split name")
-    frames, names = _pick_files(files, count, seed, source)
-    return CalibrationFrames(frames, names, source, "dataset")
+    frames, names, bad = _pick_files(files, count, seed, source)
+    return CalibrationFrames(frames, names, source, "dataset", skipped=bad)
 
 
 def _dataset_spec(text: str) -> tuple[str, str, str] | None:
@@ -237,8 +235,8 @@ def load_calibration_frames(source: Any = None, count: int | None = None, seed: 
 
 
 def _from_folder_files(files: list[Path], count: int, seed: int) -> CalibrationFrames:
-    frames, names = _pick_files(files, count, seed, str(files[0]))
-    return CalibrationFrames(frames, names, str(files[0]), "folder")
+    frames, names, bad = _pick_files(files, count, seed, str(files[0]))
+    return CalibrationFrames(frames, names, str(files[0]), "folder", skipped=bad)
 
 
 try:  # the ORT base class gives isinstance() compatibility; the protocol is what calibrators actually use

@@ -227,6 +227,8 @@ def _export_into(out: Path, opts: ExportOptions, spec: Any, cfg: dict[str, Any],
     count = (opts.calib_count or DEFAULT_CALIB_COUNT) if needs_calib else max(1, opts.verify_frames)
     say("reading calibration frames" if needs_calib else "reading check frames")
     frames: CalibrationFrames = load_calibration_frames(opts.calib, count, opts.calib_seed, opts.video_step)
+    if frames.skipped:
+        notes.append(f"skipped {frames.skipped} unreadable image file(s) in {frames.source}")
     if needs_calib and opts.calib_count and len(frames) < opts.calib_count:
         notes.append(f"calibrating on {len(frames)} frames: only {len(frames)} found for --calib-count "
                      f"{opts.calib_count}")

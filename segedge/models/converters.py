@@ -86,8 +86,8 @@ def convert(sd: dict[str, torch.Tensor], header: dict[str, str], spec, backbone_
         out = {k: v for k, v in out.items() if not k.startswith("decode_head.")}
     elif not has_head:
         raise CheckpointError(
-            f"{name} ({label} format) holds only a backbone, no decode head; load it with --backbone-only "
-            "(create_model(..., backbone_only=True)) and train the head")
+            f"{name} ({label} format) holds only a backbone, no decode head; train a head on it with "
+            "`segedge train --weights` (or create_model(..., backbone_only=True) in Python)")
     if not any(k.startswith("backbone.") for k in out):
         raise CheckpointError(f"{name} ({label} format) holds no backbone weights "
                               f"(first keys: {', '.join(list(sd)[:3])}); pass a full or backbone checkpoint")
@@ -305,7 +305,7 @@ def _convert_mmseg(sd: dict[str, torch.Tensor], backbone_only: bool, name: str
         raise CheckpointError(
             f"{name} is an mmseg SegFormer checkpoint: its SegformerHead (decode_head.convs / fusion_conv, a "
             "conv+BN+ReLU per stage) is a different decoder from segedge's All-MLP head; load only its backbone "
-            "with --backbone-only and train the head")
+            "and train the head: `segedge train --weights` (or create_model(..., backbone_only=True) in Python)")
     out: dict[str, torch.Tensor] = {}
     dropped = list(heads)
     for k, v in sd.items():

@@ -15,14 +15,18 @@ from ..models import create_model, save_checkpoint
 
 
 def release_checkpoint(run_dir: str | Path, dst: str | Path, val_metrics: dict, wall_minutes: float,
-                       extra_notes: str = "") -> Path:
+                       extra_notes: str = "", n_train: int | None = None, n_val: int | None = None) -> Path:
     """Write run_dir/best.safetensors as fp16 to `dst` with a model card `dst` + '.md'; returns dst."""
     run_dir, dst = Path(run_dir), Path(dst)
     src = run_dir / "best.safetensors"
     model = create_model(json.loads((run_dir / "config.json").read_text())["model"], weights=src)
     meta = dict(model.pretrained_cfg["meta"])
     cfg = meta.get("provenance", {}).get("config", {})
-    epochs = cfg.get("iters", 0) * cfg.get("batch_size", 0) / 367 if meta.get("dataset") == "camvid" else None
+    epochs = cfg.get("iters", 0) * cfg.get("batch_size", 0) / n_train if n_train else None
+    epochs_txt = f" (≈ {epochs:.0f} epochs)" if epochs else ""
+    ds_name = {"camvid": "CamVid"}.get(str(meta.get("dataset")), str(meta.get("dataset")))
+    n_tr = f" ({n_train} images)" if n_train else ""
+    n_va = f" ({n_val} images)" if n_val else ""
     meta.update({
         "val_miou": val_metrics["miou"],
         "val_per_class_iou": val_metrics["per_class_iou"],
@@ -46,9 +50,9 @@ machines) with `segedge train`. It is the embedded default: `segedge export/eval
 
 | | |
 |---|---|
-| data | CamVid train (367 images), validated on CamVid val (101 images); 11 classes, void ignored |
+| data | {ds_name} train{n_tr}, validated on {ds_name} val{n_va}; {meta['num_classes']} classes, void/ignore label ignored |
 | input size | {meta['input_size'][0]}x{meta['input_size'][1]} (frames resized from 360x480) |
-| schedule | {cfg.get('iters')} iterations x batch {cfg.get('batch_size')} (≈ {epochs:.0f} epochs), crop {cfg.get('crop_size') or cfg.get('input_size')}, AdamW lr {cfg.get('lr')}, poly with {cfg.get('warmup_iters')} warm-up iterations, weight decay {cfg.get('weight_decay')}, amp {cfg.get('amp', 'none')} |
+| schedule | {cfg.get('iters')} iterations x batch {cfg.get('batch_size')}{epochs_txt}, crop {cfg.get('crop_size') or cfg.get('input_size')}, AdamW lr {cfg.get('lr')}, poly with {cfg.get('warmup_iters')} warm-up iterations, weight decay {cfg.get('weight_decay')}, amp {cfg.get('amp', 'none')} |
 | augmentation | random scale {cfg.get('scale_range')}, crop with ignore padding (cat_max_ratio 0.75), flip, photometric jitter |
 | loss | cross-entropy, ignore 255, class weights {cfg.get('class_weighting')} |
 | best iteration | {meta.get('iteration')} |
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model.pretrained_cfg
         ds = open_dataset(a.dataset, a.data, a.split)
         m = evaluate(torch_predictor(model, tuple(cfg["input_size"]), cfg["mean"], cfg["std"]), ds).as_dict()
-    dst = release_checkpoint(a.run_dir, a.dst, m, wall / 60, a.notes)
+    n_train = len(open_dataset(a.dataset, a.data, "train"))
+    dst = release_checkpoint(a.run_dir, a.dst, m, wall / 60, a.notes, n_train=n_train, n_val=len(ds))
     print(f"{dst}: val mIoU {100 * m['miou']:.2f} % on {len(ds)} frames; card {dst.with_suffix('.md')}")
     return 0
 

@@ -56,6 +56,7 @@ class TrainConfig:
     num_classes: int | None = None
     weights: str | None = None
     log_every: int = 20
+    strict: bool = False  # unreadable samples: error instead of skip
     command: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -85,9 +86,16 @@ def class_weights(labels: list[np.ndarray], num_classes: int, mode: str) -> torc
 class Trainer:
     """Runs one training job described by a TrainConfig; `run()` trains, validates, checkpoints, resumes."""
 
-    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None,
+                 progress: Callable[[int, int, float, float], None] | None = None) -> None:
         self.cfg = cfg
         self.log = log or (lambda s: print(s, flush=True))
+        self.progress = progress  # (iterations done, total, loss, images/s) after every iteration
+        for flag, v in (("--batch-size", cfg.batch_size), ("--val-every", cfg.val_every), ("--log-every", cfg.log_every)):
+            if int(v) < 1:
+                raise SegedgeError(f"{flag} must be at least 1, got {v}")
+        if cfg.lr <= 0:
+            raise SegedgeError(f"--lr must be positive, got {cfg.lr}")
         spec = get_spec(cfg.model)
         cfg.model = spec.name
         cfg.input_size = validate_input_size(spec.name, tuple(cfg.input_size))
@@ -95,10 +103,12 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.out = Path(cfg.out)
-        self.train_ds: SegDataset = open_dataset(cfg.dataset, cfg.data, cfg.train_split, num_classes=cfg.num_classes)
+        self.train_ds: SegDataset = open_dataset(cfg.dataset, cfg.data, cfg.train_split, num_classes=cfg.num_classes,
+                                                 strict=cfg.strict)
         self.val_ds: SegDataset | None = None
         try:
-            self.val_ds = open_dataset(cfg.dataset, cfg.data, cfg.val_split, num_classes=cfg.num_classes)
+            self.val_ds = open_dataset(cfg.dataset, cfg.data, cfg.val_split, num_classes=cfg.num_classes,
+                                       strict=cfg.strict)
         except SegedgeError as e:
             self.log(f"no validation split ({e}); validation skipped")
         self.num_classes = self.train_ds.num_classes
@@ -139,6 +149,8 @@ class Trainer:
             self.labels.append(lab)
         if not self.images:
             raise SegedgeError(f"no readable training samples in {self.train_ds.root}")
+        if self.train_ds.skipped_note():
+            self.log("note: " + self.train_ds.skipped_note())
         w = class_weights(self.labels, self.num_classes, self.cfg.class_weighting)
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=w.to(self.device) if w is not None else None,
                                                  ignore_index=IGNORE_INDEX)
@@ -191,7 +203,11 @@ class Trainer:
         from ..models import load_into, read_checkpoint
 
         load_into(self.model, read_checkpoint(last, self.cfg.model))
-        state = torch.load(st, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(st, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several types for truncated/corrupt files
+            raise SegedgeError(f"cannot resume: {st} is unreadable ({str(e).splitlines()[0][:120]}); delete it to "
+                               "restart from last.safetensors' weights, or drop --resume") from None
         self.opt.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
@@ -219,7 +235,11 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         """Train to cfg.iters; returns the final summary (also written to out/summary.json)."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SegedgeError(f"cannot create the run folder {self.out}: {e.strerror or e}; choose another --out") \
+                from None
         write_json_atomic(self.out / "config.json", asdict(cfg))
         self.run_start = time.time()
         if resume:
@@ -248,6 +268,8 @@ class Trainer:
             self.losses.append(loss.item())
             n_acc += 1
             done = it + 1
+            if self.progress is not None:
+                self.progress(done, cfg.iters, loss.item(), n_acc * cfg.batch_size / max(time.time() - t_last, 1e-9))
             if done % cfg.log_every == 0 or done == cfg.iters:
                 now = time.time()
                 dt = now - t_last

@@ -99,7 +99,9 @@ def build(ctx: ExportContext) -> TargetArtifact:
                          "keep_float": "NNCF defaults (--keep-float applies to the ONNX INT8 targets only)"},
         "calibration": {"source": frames.source, "source_kind": frames.kind, "count": len(frames),
                         "method": "nncf-ptq", "seed": ctx.options.calib_seed, "source_sha256": frames.sha256,
-                        "graph_sha256": ctx.graph_sha256},
+                        "graph_sha256": ctx.graph_sha256,
+                        "table": None, "table_note": "NNCF collects its own statistics on these frames; the "
+                                                     "calibration table serves the ONNX INT8 targets"},
         "verification": verify_ir(ctx, qmodel, "openvino-int8"),
     }
     return stage_ir(ctx, "openvino-int8", FILENAME, qmodel, entry)

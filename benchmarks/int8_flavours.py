@@ -1,0 +1,102 @@
+"""Which ONNX Runtime INT8 flavour to ship as `ort-int8`: accuracy and speed of the candidates, side by side.
+
+For one checkpoint it exports the FP32 ONNX once (calibration table cached in the folder), quantizes the same
+pre-processed graph with each candidate flavour and calibration method, and measures on the labelled frames:
+mIoU (exact post-processing) and its drop vs FP32 ONNX, and inference latency (batch 1, paired round-robin,
+ratio vs FP32). Run on an idle machine:
+
+    python benchmarks/int8_flavours.py --model b0 --data ../shared/datasets/camvid --out benchmarks/results/int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from segedge.benchmarks.stats import latency_stats, ns_to_ms
+from segedge.data.datasets import open_dataset
+from segedge.data.metrics import ConfusionMatrix
+from segedge.export.calibration import CalibrationTable, table_path
+from segedge.export.pipeline import ExportOptions, export_model
+from segedge.export.quantize import ORT_CPU, quantize, select_kept_float
+from segedge.io import write_json_atomic
+from segedge.runtime import Segmenter
+from segedge.runtime.backends.ort import OnnxRuntimeBackend
+
+CANDIDATES = {
+    "u8s8-per-tensor": ORT_CPU,
+    "u8s8-per-channel": dataclasses.replace(ORT_CPU, name="ort-u8s8-pc", per_channel=True),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--methods", default="minmax,percentile")
+    ap.add_argument("--calib-count", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/int8"))
+    a = ap.parse_args()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    ds = open_dataset("camvid", a.data, "val")
+    pairs = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
+    folder = a.out / f"{a.model}-export"
+    models: dict[str, object] = {}
+    for method in a.methods.split(","):
+        res = export_model(ExportOptions(model=a.model, weights=a.weights, targets="onnx,ort-int8", calib_method=method,
+                                         calib=f"camvid:{a.data}:train", calib_count=a.calib_count, out=folder))
+        if "fp32" not in models:
+            models["fp32"] = onnx.load(str(folder / "model.onnx"))
+        table = CalibrationTable.load(table_path(folder, method))
+        with tempfile.TemporaryDirectory() as td:
+            pre = Path(td) / "pre.onnx"
+            quant_pre_process(str(folder / "model.onnx"), str(pre))
+            kept = select_kept_float(onnx.load(str(pre)))
+            for name, flav in CANDIDATES.items():
+                models[f"{name}/{method}"] = quantize(pre, table, flav, kept)
+    info = Segmenter.load(folder, target="onnx").info
+    segs = {k: Segmenter(OnnxRuntimeBackend(m, threads=a.threads), info, "exact") for k, m in models.items()}
+    # accuracy
+    cms = {k: ConfusionMatrix(ds.num_classes) for k in segs}
+    for frame, label in pairs:
+        for k, s in segs.items():
+            cms[k].update(s.predict(frame), label)
+    miou = {k: float(cm.compute(ds.class_names).miou) for k, cm in cms.items()}
+    # latency: inference only, batch 1, round-robin
+    x = segs["fp32"].prepare(pairs[0][0])
+    names = list(segs)
+    for _ in range(5):
+        for k in names:
+            segs[k].backend.run(x)
+    dur = {k: [] for k in names}
+    for i in range(a.iters):
+        r = i % len(names)
+        for k in names[r:] + names[:r]:
+            t0 = time.perf_counter_ns()
+            segs[k].backend.run(x)
+            dur[k].append(time.perf_counter_ns() - t0)
+    lat = {k: latency_stats(ns_to_ms(v)) for k, v in dur.items()}
+    base = lat["fp32"]["p50_ms"]
+    rows = {k: {"miou": miou[k], "drop_pp": 100 * (miou["fp32"] - miou[k]), "p50_ms": lat[k]["p50_ms"],
+                "ratio_vs_fp32": lat[k]["p50_ms"] / base} for k in names}
+    write_json_atomic(a.out / f"{a.model}-int8-flavours.json", {"model": a.model, "frames": len(pairs), "rows": rows})
+    print(f"{a.model}: {len(pairs)} frames, threads {a.threads}")
+    for k, r in rows.items():
+        print(f"  {k:<32} mIoU {100 * r['miou']:6.2f}  drop {r['drop_pp']:+.2f} pp  p50 {r['p50_ms']:7.2f} ms  "
+              f"x{r['ratio_vs_fp32']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
