@@ -265,4 +265,9 @@ def test_cli_errors_are_one_line_and_nonzero(ckpts: dict[str, Path], tmp_path: P
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and match in err[-1]
     assert not any("Traceback" in line for line in err)
+    # exactly one error line; anything before it is the export's own progress log (console.log lines)
+    assert sum(line.startswith("error:") for line in err) == 1
+    others = [ln for ln in err[:-1] if ln.strip()]
+    assert all(any(w in ln for w in ("loading", "reading", "exporting", "checking", "building", "pre-processing",
+                                      "computing", "quantizing", "writing")) for ln in others), others
     assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").rglob("*.onnx"))

@@ -72,3 +72,17 @@ def test_raw_input_is_uint8_nhwc_in_the_requested_order() -> None:
     rgb = to_raw_input(f, (32, 40), "RGB")
     assert bgr.shape == (1, 32, 40, 3) and bgr.dtype == np.uint8
     np.testing.assert_array_equal(rgb[0], bgr[0, :, :, ::-1])
+
+
+def test_training_and_evaluation_normalise_exactly_like_the_runtime() -> None:
+    """Training/eval (data.transforms) and deployment (runtime.preprocess) must feed the model identical tensors."""
+    from segedge.data.transforms import normalize_batch, resize_pair
+    from segedge.models import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    img, _ = resize_pair(frame, None, (32, 64))
+    a = normalize_batch([img], IMAGENET_MEAN, IMAGENET_STD).numpy()
+    b = preprocess(frame, (32, 64), IMAGENET_MEAN, IMAGENET_STD, "BGR")
+    assert a.shape == b.shape == (1, 3, 32, 64)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
