@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--methods", default="minmax,percentile")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=40, help="timed rounds (0: accuracy only)")
+    ap.add_argument("--no-accuracy", action="store_true", help="latency only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out/int8"))
     a = ap.parse_args()
@@ -70,14 +71,14 @@ def main() -> None:
     segs = {k: Segmenter(OnnxRuntimeBackend(m, threads=a.threads), info, "exact") for k, m in models.items()}
     # accuracy
     cms = {k: ConfusionMatrix(ds.num_classes) for k in segs}
-    for frame, label in pairs:
+    for frame, label in ([] if a.no_accuracy else pairs):
         for k, s in segs.items():
             cms[k].update(s.predict(frame), label)
-    miou = {k: float(cm.compute(ds.class_names).miou) for k, cm in cms.items()}
+    miou = {k: (float("nan") if a.no_accuracy else float(cm.compute(ds.class_names).miou)) for k, cm in cms.items()}
     # latency: inference only, batch 1, round-robin
     x = segs["fp32"].prepare(pairs[0][0])
     names = list(segs)
-    for _ in range(5):
+    for _ in range(5 if a.iters else 0):
         for k in names:
             segs[k].backend.run(x)
     dur = {k: [] for k in names}
@@ -87,11 +88,12 @@ def main() -> None:
             t0 = time.perf_counter_ns()
             segs[k].backend.run(x)
             dur[k].append(time.perf_counter_ns() - t0)
-    lat = {k: latency_stats(ns_to_ms(v)) for k, v in dur.items()}
+    lat = {k: latency_stats(ns_to_ms(v)) if v else {"p50_ms": float("nan")} for k, v in dur.items()}
     base = lat["fp32"]["p50_ms"]
     rows = {k: {"miou": miou[k], "drop_pp": 100 * (miou["fp32"] - miou[k]), "p50_ms": lat[k]["p50_ms"],
                 "ratio_vs_fp32": lat[k]["p50_ms"] / base} for k in names}
-    write_json_atomic(a.out / f"{a.model}-int8-flavours.json", {"model": a.model, "frames": len(pairs), "rows": rows})
+    tag = "accuracy" if not a.iters else ("latency" if a.no_accuracy else "all")
+    write_json_atomic(a.out / f"{a.model}-int8-flavours-{tag}.json", {"model": a.model, "frames": len(pairs), "rows": rows})
     print(f"{a.model}: {len(pairs)} frames, threads {a.threads}")
     for k, r in rows.items():
         print(f"  {k:<32} mIoU {100 * r['miou']:6.2f}  drop {r['drop_pp']:+.2f} pp  p50 {r['p50_ms']:7.2f} ms  "
