@@ -52,3 +52,4 @@ def test_end_to_end_on_a_tiny_model(camvid_like: Path, tmp_path: Path):
     on_disk = json.loads((tmp_path / "out" / "io_modes.json").read_text())
     assert on_disk["variants"]["raw"]["latency"]["n"] == 3
     assert "| raw/upsample |" in (tmp_path / "out" / "io_modes.md").read_text()
+    assert on_disk["postprocess_only"]["exact"]["n"] == 3 and "Post-processing alone" in io_modes.to_markdown(res)
