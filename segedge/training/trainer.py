@@ -206,8 +206,8 @@ class Trainer:
         try:
             state = torch.load(st, map_location=self.device, weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises several types for truncated/corrupt files
-            raise SegedgeError(f"cannot resume: {st} is unreadable ({str(e).splitlines()[0][:120]}); delete it to "
-                               "restart from last.safetensors' weights, or drop --resume") from None
+            raise SegedgeError(f"cannot resume: {st} is unreadable ({str(e).splitlines()[0][:120]}); the run cannot "
+                               "continue exactly: start it again without --resume (or with another --out)") from None
         self.opt.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
