@@ -264,12 +264,13 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            loss_acc += loss.item()
-            self.losses.append(loss.item())
+            loss_value = loss.item()
+            loss_acc += loss_value
+            self.losses.append(loss_value)
             n_acc += 1
             done = it + 1
             if self.progress is not None:
-                self.progress(done, cfg.iters, loss.item(), n_acc * cfg.batch_size / max(time.time() - t_last, 1e-9))
+                self.progress(done, cfg.iters, loss_value, n_acc * cfg.batch_size / max(time.time() - t_last, 1e-9))
             if done % cfg.log_every == 0 or done == cfg.iters:
                 now = time.time()
                 dt = now - t_last
