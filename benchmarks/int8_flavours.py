@@ -25,14 +25,17 @@ from segedge.data.datasets import open_dataset
 from segedge.data.metrics import ConfusionMatrix
 from segedge.export.calibration import CalibrationTable, table_path
 from segedge.export.pipeline import ExportOptions, export_model
-from segedge.export.quantize import ORT_CPU, quantize, select_kept_float
+from segedge.export.quantize import ORT_CPU, ORT_CPU_CONV, quantize, select_kept_float
 from segedge.io import write_json_atomic
 from segedge.runtime import Segmenter
 from segedge.runtime.backends.ort import OnnxRuntimeBackend
 
+BLOCK = 10
 CANDIDATES = {
     "u8s8-per-tensor": ORT_CPU,
     "u8s8-per-channel": dataclasses.replace(ORT_CPU, name="ort-u8s8-pc", per_channel=True),
+    "u8s8-conv-scope": ORT_CPU_CONV,
+    "u8s8-conv-scope-per-channel": dataclasses.replace(ORT_CPU_CONV, name="ort-u8s8-conv-pc", per_channel=True),
 }
 
 
@@ -64,9 +67,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as td:
             pre = Path(td) / "pre.onnx"
             quant_pre_process(str(folder / "model.onnx"), str(pre))
-            kept = select_kept_float(onnx.load(str(pre)))
+            graph = onnx.load(str(pre))
             for name, flav in CANDIDATES.items():
-                models[f"{name}/{method}"] = quantize(pre, table, flav, kept)
+                models[f"{name}/{method}"] = quantize(pre, table, flav, select_kept_float(graph, flavour=flav))
     info = Segmenter.load(folder, target="onnx").info
     segs = {k: Segmenter(OnnxRuntimeBackend(m, threads=a.threads), info, "exact") for k, m in models.items()}
     # accuracy
@@ -75,19 +78,21 @@ def main() -> None:
         for k, s in segs.items():
             cms[k].update(s.predict(frame), label)
     miou = {k: (float("nan") if a.no_accuracy else float(cm.compute(ds.class_names).miou)) for k, cm in cms.items()}
-    # latency: inference only, batch 1, round-robin
+    # latency: inference only, batch 1, rotating blocks of BLOCK back-to-back calls (an untimed call opens each
+    # block), as `segedge bench` times: the steady state of a loop running one model
     x = segs["fp32"].prepare(pairs[0][0])
     names = list(segs)
     for _ in range(5 if a.iters else 0):
         for k in names:
             segs[k].backend.run(x)
     dur = {k: [] for k in names}
-    for i in range(a.iters):
-        r = i % len(names)
-        for k in names[r:] + names[:r]:
-            t0 = time.perf_counter_ns()
+    for r in range(-(-a.iters // BLOCK)):
+        for k in names[r % len(names):] + names[:r % len(names)]:
             segs[k].backend.run(x)
-            dur[k].append(time.perf_counter_ns() - t0)
+            for _ in range(min(BLOCK, a.iters - r * BLOCK)):
+                t0 = time.perf_counter_ns()
+                segs[k].backend.run(x)
+                dur[k].append(time.perf_counter_ns() - t0)
     lat = {k: latency_stats(ns_to_ms(v)) if v else {"p50_ms": float("nan")} for k, v in dur.items()}
     base = lat["fp32"]["p50_ms"]
     rows = {k: {"miou": miou[k], "drop_pp": 100 * (miou["fp32"] - miou[k]), "p50_ms": lat[k]["p50_ms"],

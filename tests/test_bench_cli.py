@@ -154,7 +154,8 @@ def test_each_row_is_measured(run):
     assert by["torch"]["artifact_bytes"] == (work / "b0.safetensors").stat().st_size
     onnx_file = work / by["onnx"]["artifact"]
     assert by["onnx"]["artifact_bytes"] == onnx_file.stat().st_size
-    assert by["ort-int8"]["artifact_bytes"] < 0.5 * by["onnx"]["artifact_bytes"]  # int8 weights
+    # SegFormer's ort-int8 stores int8 conv weights only (scope conv: its Linear layers stay float)
+    assert by["ort-int8"]["artifact_bytes"] < 0.9 * by["onnx"]["artifact_bytes"]
     assert by["onnx"]["precision"] == "fp32" and by["ort-int8"]["precision"] == "int8"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from segedge.benchmarks.report import CSV_COLUMNS, flat_row, markdown, to_csv
-from segedge.benchmarks.runner import Entry, parse_targets, time_round_robin
+from segedge.benchmarks.runner import Entry, parse_targets, time_round_robin, timing_rounds
 from segedge.benchmarks.schema import check_results
 from segedge.benchmarks.stats import Agreement, latency_stats, miou_drop, ns_to_ms
 from segedge.benchmarks.tegrastats import TegrastatsSampler, parse_tegrastats_line, power_summary
@@ -115,6 +115,23 @@ def test_round_robin_rotates_order_and_uses_one_frame_per_round(tmp_path):
         assert {e[2] for e in preds[3 * r:3 * r + 3]} == {(10, 20)[r % 2]}  # end to end re-reads that frame
     for e in entries:  # warm-up discarded
         assert len(e.infer_ns) == len(e.e2e_ns) == 4 and all(v > 0 for v in e.infer_ns + e.e2e_ns)
+
+
+def test_blocks_run_each_target_back_to_back_with_an_untimed_lead_call(tmp_path):
+    p = tmp_path / "f.png"
+    img = np.full((4, 6, 3), 7, np.uint8)
+    cv2.imwrite(str(p), img)
+    log: list = []
+    entries = [Entry("m", t, (4, 6), _FakeSeg(t, log), lambda: None, Path("x"), None, "fp32") for t in "abc"]
+    time_round_robin(entries, [(str(p), img)], warmup=1, iters=4, settle_s=0.0, block=3)
+    assert timing_rounds(1, 4, 3) == 3
+    runs = "".join(e[1] for e in log if e[0] == "run")
+    preds = "".join(e[1] for e in log if e[0] == "predict")
+    # warm-up round: one call each; round 1 starts at b: lead + 3 timed; round 2 starts at c: lead + the last 1
+    assert runs == "abc" + "bbbbccccaaaa" + "ccaabb"
+    assert preds == runs
+    for e in entries:
+        assert len(e.infer_ns) == len(e.e2e_ns) == 4
 
 
 # ------------------------------------------------------------------------------------------- tegrastats

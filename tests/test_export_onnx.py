@@ -225,6 +225,7 @@ def test_interrupted_export_leaves_nothing_that_looks_valid(ckpts: dict[str, Pat
     (dict(model="b0", opset=11), ExportError, "opset 11"),
     (dict(model="b0", upsample=True), SegedgeError, "--upsample applies to --io raw"),
     (dict(model="b0", io="yuv"), SegedgeError, "--io must be"),
+    (dict(model="b0", targets="ort-int8", ort_scope="everything"), SegedgeError, "--ort-scope must be one of"),
 ])
 def test_bad_options_are_one_line_errors(ckpts: dict[str, Path], tmp_path: Path, kwargs: dict, err: type,
                                          match: str) -> None:

@@ -16,7 +16,7 @@ from segedge.errors import SegedgeError
 from segedge.export import ExportOptions, export_model
 from segedge.export.calibration import DEFAULT_CALIB_DIR, CalibrationTable
 from segedge.export.qdq_rules import validate_qdq
-from segedge.export.quantize import ORT_CPU, quantize, select_kept_float, summarize
+from segedge.export.quantize import ORT_CPU, ort_cpu_flavour, out_of_scope, quantize, select_kept_float, summarize
 from segedge.models import create_model, save_checkpoint
 from segedge.runtime.preprocess import preprocess
 
@@ -136,7 +136,11 @@ def test_default_kept_float_nodes_are_listed(int8_export: tuple[Path, dict]) -> 
     assert reasons["LayerNorm"] == 30 and reasons["Softmax"] == 8 and reasons["final classifier conv"] == 1
     kept = {k["node"] for k in q["kept_float"]}
     assert not kept & set(q["quantized"])
-    assert q["quantized_by_op"]["Conv"] >= 10 and q["quantized_by_op"]["MatMul"] >= 10
+    # SegFormer's ort-int8 scope: dense convs (4 patch embeds, 6 spatial reductions, the head's fuse conv) and the
+    # head's Concat; the 8 MixFFN depthwise convs and every Linear/MatMul stay float.
+    assert q["scope"] == "conv" and q["scope_requested"] == "auto"
+    assert q["quantized_by_op"] == {"Conv": 11, "Concat": 1}
+    assert reasons["scope conv: depthwise conv"] == 8
     qm = onnx.load(str(int8_export[0] / "model.int8.onnx"))
     by_name = {n.name: n for n in qm.graph.node}
     inits = {t.name: t for t in qm.graph.initializer}
@@ -144,6 +148,55 @@ def test_default_kept_float_nodes_are_listed(int8_export: tuple[Path, dict]) -> 
     cls = by_name[next(k["node"] for k in q["kept_float"] if k["reason"] == "final classifier conv")]
     # Kept float: the classifier runs with its float weight and its logits are never quantized.
     assert inits[cls.input[1]].data_type == TensorProto.FLOAT and cls.output[0] not in q_in
+
+
+def test_scope_all_quantizes_the_transformer_blocks_and_concat_inputs_share_a_range(
+        int8_export: tuple[Path, dict], tmp_path: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = int8_export[0]
+    quant_pre_process(str(out / "model.onnx"), str(tmp_path / "pre.onnx"))
+    pre = onnx.load(str(tmp_path / "pre.onnx"))
+    table = CalibrationTable.load(out / "calibration.minmax.json")
+    flavour = ort_cpu_flavour("segformer", "all")
+    assert flavour.scope == "all" and ort_cpu_flavour("topformer", "auto").scope == "all"
+    assert ort_cpu_flavour("segformer", "auto").scope == "conv"
+    with pytest.raises(SegedgeError, match="--ort-scope must be one of auto, all, conv"):
+        ort_cpu_flavour("segformer", "everything")
+    kept = select_kept_float(pre, flavour=flavour)
+    qm = quantize(tmp_path / "pre.onnx", table, flavour, kept)
+    by_op = summarize(qm, kept, flavour)["quantized_by_op"]
+    assert by_op["MatMul"] + by_op.get("Gemm", 0) >= 30 and by_op["Conv"] == 19
+    for model in (qm, onnx.load(str(out / "model.int8.onnx"))):
+        producer = {o: n for n in model.graph.node for o in n.output}
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        concat = next(n for n in model.graph.node if n.op_type == "Concat")
+        scales = {float(inits[producer[i].input[1]]) for i in concat.input}
+        out_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == concat.output[0])
+        assert len(scales) == 1 and scales == {float(inits[out_q.input[1]])}  # QLinearConcat becomes a copy
+    # The table itself is untouched: other targets read the measured ranges.
+    assert len({tuple(table.ranges[i]) for i in next(n for n in pre.graph.node if n.op_type == "Concat").input}) > 1
+
+
+def test_conv_scope_on_a_hand_built_graph() -> None:
+    """Resize→Concat feeding a dense conv are in scope; a depthwise conv and a Resize feeding nothing are not."""
+    f = TensorProto.FLOAT
+    w = numpy_helper.from_array(np.ones((4, 8, 1, 1), np.float32), "w")
+    wd = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "wd")
+    sc = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")
+    nodes = [helper.make_node("Resize", ["a", "", "sc"], ["a_up"], name="up", mode="linear"),
+             helper.make_node("Concat", ["a_up", "b"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w"], ["y"], name="fuse"),
+             helper.make_node("Conv", ["y", "wd"], ["z"], name="dw", group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["z", "", "sc"], ["out"], name="last", mode="linear")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", f, [1, 4, 4, 4]),
+                                       helper.make_tensor_value_info("b", f, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("out", f, [1, 4, 16, 16])], [w, wd, sc])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    flavour = ort_cpu_flavour("segformer")
+    left = {k.node: k.reason for k in out_of_scope(m, flavour, [])}
+    assert left == {"dw": "scope conv: depthwise conv", "last": "scope conv: does not feed a quantized conv"}
+    assert out_of_scope(m, ort_cpu_flavour("segformer", "all"), []) == []
 
 
 def test_keep_float_and_quantize_all_change_the_selection(int8_export: tuple[Path, dict], tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """`segedge bench`: latency, memory, size, accuracy (and power on Jetson) of every model × target, in one run.
 
-- runner.py     `run_bench(BenchConfig)`: exports what is missing, times targets round-robin, evaluates accuracy
+- runner.py     `run_bench(BenchConfig)`: exports what is missing, times targets in rotating blocks, evaluates accuracy
 - stats.py      latency statistics, mIoU drop, argmax agreement (pure functions)
 - artifacts.py  which export folder serves each model × size; reuse or export
 - targets.py    opening the PyTorch reference or an exported target (shared with the memory probe)

@@ -4,14 +4,15 @@ Order of work (each step finishes before the next starts, so nothing else runs w
 1. check the request (targets, dataset, sizes, --artifacts) and build the PyTorch reference of each model;
 2. export the targets each (model, size) lacks (export pipeline; INT8 calibrated on the train split or --calib);
 3. peak memory of each target in its own short-lived process (memprobe.py);
-4. latency: warm-up rounds, then timed rounds; in each round every model × target runs the same frame, in an order
-   rotated from round to round (round-robin), so slow drift of the machine (thermal, other load) spreads over all
-   targets instead of favouring whichever ran first. Two clocks: inference alone (backend.run on a prepared
+4. latency: warm-up rounds, then timed rounds; in each round every model × target runs the same frame in a block
+   of --block consecutive calls (the steady state of a camera loop; an untimed call opens each block), in an order
+   rotated from round to round, so slow drift of the machine (thermal, other load) spreads over all targets
+   instead of favouring whichever ran first. Two clocks: inference alone (backend.run on a prepared
    input) and end to end (cv2.imread → pre-process → inference → labels at frame size);
 5. accuracy on the evaluation frames: mIoU, per-class IoU and pixel accuracy against the labels, and the argmax
    agreement with the FP32 PyTorch reference frame by frame;
 6. power on Jetson (tegrastats sampled in a background thread while one target runs alone), else skipped;
-7. the --sizes sweep: latency only, same round-robin, one size at a time.
+7. the --sizes sweep: latency only, same rotating blocks, one size at a time.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class BenchConfig:
     memory_iters: int = 3
     power: str = "auto"  # auto | on | off
     settle_ms: float = 5.0
+    block: int = 10  # consecutive timed calls per target before the next one runs (1: call-by-call round-robin)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -159,39 +161,57 @@ def _settle(seconds: float) -> None:
         time.sleep(seconds)
 
 
-def time_round_robin(entries: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], warmup: int, iters: int,
-                     settle_s: float = 0.0, on_round: Callable[[int], None] | None = None) -> None:
-    """Warm-up + timed rounds; each round runs every entry once on the same frame, starting at a rotating entry.
+def timing_rounds(warmup: int, iters: int, block: int) -> int:
+    """How many rounds `time_round_robin` makes (for progress bars)."""
+    return warmup + math.ceil(iters / max(1, block))
 
-    Fills `entry.infer_ns` (backend.run on a prepared input, device synchronised) and `entry.e2e_ns`
-    (cv2.imread of the frame file → Segmenter.predict → labels at frame size, device synchronised).
+
+def time_round_robin(entries: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], warmup: int, iters: int,
+                     settle_s: float = 0.0, on_round: Callable[[int], None] | None = None, block: int = 1) -> None:
+    """Warm-up rounds, then timed rounds; in each round every entry runs a block of `block` consecutive calls,
+    starting at an entry that rotates from round to round, until each entry has `iters` timed calls.
+
+    With block > 1 an untimed call opens every block: the first call after another model ran meets caches full of
+    that model's weights and activations, which a camera loop running one model never does (B0 FP32 measured
+    ~20 % slower per call when interleaved call by call on a 2-core Xeon). Rotating blocks still spreads slow
+    drift of the machine over all entries. Fills `entry.infer_ns` (backend.run on a prepared input, device
+    synchronised) and `entry.e2e_ns` (cv2.imread of the frame file → Segmenter.predict → labels at frame size).
     """
     k = len(entries)
+    block = max(1, int(block))
     gc_was_enabled = gc.isenabled()
+    timed = 0
     try:
-        for r in range(warmup + iters):
+        for r in range(timing_rounds(warmup, iters, block)):
+            warm = r < warmup
+            n = 1 if warm else min(block, iters - timed)
+            lead = 0 if warm or block == 1 else 1  # untimed call opening each block
             path, frame = frames[r % len(frames)]
             order = [entries[(r + j) % k] for j in range(k)]
             gc.collect()
             gc.disable()  # no collector pause inside a timed call (timeit does the same)
             for e in order:
                 x = e.seg.prepare(frame)
-                _settle(settle_s)
-                t0 = time.perf_counter_ns()
-                e.seg.backend.run(x)
-                e.sync()
-                t1 = time.perf_counter_ns()
-                if r >= warmup:
-                    e.infer_ns.append(t1 - t0)
+                for c in range(lead + n):
+                    _settle(settle_s)
+                    t0 = time.perf_counter_ns()
+                    e.seg.backend.run(x)
+                    e.sync()
+                    t1 = time.perf_counter_ns()
+                    if not warm and c >= lead:
+                        e.infer_ns.append(t1 - t0)
             for e in order:
-                _settle(settle_s)
-                t0 = time.perf_counter_ns()
-                img = cv2.imread(path, cv2.IMREAD_COLOR)
-                e.seg.predict(img)
-                e.sync()
-                t1 = time.perf_counter_ns()
-                if r >= warmup:
-                    e.e2e_ns.append(t1 - t0)
+                for c in range(lead + n):
+                    _settle(settle_s)
+                    t0 = time.perf_counter_ns()
+                    img = cv2.imread(path, cv2.IMREAD_COLOR)
+                    e.seg.predict(img)
+                    e.sync()
+                    t1 = time.perf_counter_ns()
+                    if not warm and c >= lead:
+                        e.e2e_ns.append(t1 - t0)
+            if not warm:
+                timed += n
             if gc_was_enabled:
                 gc.enable()
             if on_round:
@@ -437,9 +457,10 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
 
     # 6. latency at the main sizes ----------------------------------------------------------------------------
     settle_s = max(0.0, cfg.settle_ms) / 1000.0
-    with ui.task(f"timing {len(main)} model × target pairs, {cfg.warmup} warm-up + {cfg.iters} rounds",
-                 cfg.warmup + cfg.iters) as advance:
-        time_round_robin(main, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance())
+    rounds = timing_rounds(cfg.warmup, cfg.iters, cfg.block)
+    with ui.task(f"timing {len(main)} model × target pairs, {cfg.warmup} warm-up + {cfg.iters} timed calls each "
+                 f"in blocks of {cfg.block}", rounds) as advance:
+        time_round_robin(main, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance(), block=cfg.block)
 
     # 7. accuracy ---------------------------------------------------------------------------------------------
     exact = {e.key: same_backend(e.seg, "exact") for e in main}
@@ -497,9 +518,10 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
         ents: list[Entry] = []
         if any(st.size != s for st in states):
             ents = open_entries(lambda st, _s=s: None if st.size == _s else validate_input_size(st.name, _s))
-            with ui.task(f"sweep {s[0]}x{s[1]}: {cfg.warmup} warm-up + {cfg.iters} rounds",
-                         cfg.warmup + cfg.iters) as advance:
-                time_round_robin(ents, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance())
+            with ui.task(f"sweep {s[0]}x{s[1]}: {cfg.warmup} warm-up + {cfg.iters} timed calls each",
+                         timing_rounds(cfg.warmup, cfg.iters, cfg.block)) as advance:
+                time_round_robin(ents, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance(),
+                                 block=cfg.block)
         for st in states:
             vs = validate_input_size(st.name, s)
             for t in targets:
@@ -563,13 +585,16 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
             "torch_threads": torch.get_num_threads(), "device": device, "targets": targets,
             "postprocess_end_to_end": postprocess, "postprocess_accuracy": "exact",
             "sizes": [list(s) for s in sweep_sizes],
-            "timing": ("round-robin: each round runs every model × target once on the same frame, starting order "
-                       "rotated every round; time.perf_counter_ns; inference = backend.run on a prepared input; "
+            "timing": (f"rotating blocks: each round runs every model × target {cfg.block} time(s) in a row on the "
+                       "same frame (plus one untimed call opening each block when blocks are longer than 1, so no "
+                       "timed call starts with another model's data in the caches), starting order rotated every "
+                       "round; time.perf_counter_ns; inference = backend.run on a prepared input; "
                        "end to end = cv2.imread + pre-processing + inference + labels at frame size; device "
                        f"synchronised; GC off inside rounds; {cfg.settle_ms:g} ms pause before each timed call"),
             "latency_statistics": f"numpy percentile method '{PERCENTILE_METHOD}', std ddof={STD_DDOF}, "
                                   "fps = 1000 / mean ms",
             "settle_ms": cfg.settle_ms,
+            "block": cfg.block,
             "memory": memprobe.METHOD.format(iters=cfg.memory_iters) if cfg.memory else "skipped (--no-memory)",
             "power": power_status,
             "accuracy": ("confusion matrix at the label resolution, logits upsampled bilinearly then argmax "

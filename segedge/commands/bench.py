@@ -83,12 +83,15 @@ def bench_cmd(
     power: str = typer.Option("auto", "--power", help="Jetson power via tegrastats: auto | on | off."),
     settle_ms: float = typer.Option(5.0, "--settle-ms", min=0.0,
                                     help="Pause before each timed call so the previous runtime's threads go idle."),
+    block: int = typer.Option(10, "--block", min=1,
+                              help="Timed calls per target in a row before the next target runs (1: interleave "
+                                   "call by call; then every call starts with another model's data in the caches)."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Output folder."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
 ) -> None:
     """Export what is missing, then measure each model × target: params, GMACs, size, latency (inference and end
-    to end, round-robin), peak RSS, mIoU and agreement with the FP32 PyTorch reference; writes --out."""
+    to end, rotating blocks), peak RSS, mIoU and agreement with the FP32 PyTorch reference; writes --out."""
     from rich.console import Console
 
     from ..benchmarks.report import rich_table, write_outputs
@@ -105,7 +108,7 @@ def bench_cmd(
         split=split, num_classes=num_classes, input_size=size, sizes=sweep, iters=iters, warmup=warmup,
         threads=threads, limit=limit, artifacts=[Path(a) for a in _split(artifacts)], calib=calib,
         calib_count=calib_count, device=device, postprocess=postprocess, memory=memory, power=power,
-        settle_ms=settle_ms, command=_command_line(ctx.params))
+        settle_ms=settle_ms, block=block, command=_command_line(ctx.params))
     results = run_bench(cfg, RichReporter(err) if not as_json else None)
     problems = check_results(results)
     if problems:  # a bug, not a user error: keep the traceback

@@ -39,7 +39,12 @@ def export_cmd(
                                              help="INT8: extra op types or node names (globs) to keep in float, "
                                                   "comma-separated."),
     quantize_all: bool = typer.Option(False, "--quantize-all",
-                                      help="INT8: also quantize LayerNorm, Softmax, the classifier and last Resize."),
+                                      help="INT8: also quantize LayerNorm, Softmax, the classifier and last Resize "
+                                           "(ort-int8: with every quantizable op unless --ort-scope conv)."),
+    ort_scope: str = typer.Option("auto", "--ort-scope",
+                                  help="ort-int8: which ops run in INT8: auto (per model family, the fastest "
+                                       "measured: conv for SegFormer, all for TopFormer), all quantizable ops, or "
+                                       "conv (dense convolutions and the Resize/Concat feeding them)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled dataset folder: adds mIoU per target."),
     val_count: int = typer.Option(32, "--val-count", min=1, help="Labelled frames used by --val."),
     ov_precision: str = typer.Option("f32", "--ov-precision",
@@ -63,7 +68,7 @@ def export_cmd(
         calib_method=calib_method, calib_seed=calib_seed, video_step=video_step, opset=opset, dynamic=dynamic,
         dynamic_batch=dynamic_batch, io=io, raw_color=raw_color, upsample=upsample,
         keep_float=[k for k in (keep_float or "").split(",") if k.strip()], quantize_all=quantize_all,
-        val=val, val_count=val_count, out=out, ov_precision=ov_precision)
+        val=val, val_count=val_count, out=out, ov_precision=ov_precision, ort_scope=ort_scope)
     t0 = time.perf_counter()
     with console.status("exporting", spinner="dots") as status:
         def progress(msg: str) -> None:
