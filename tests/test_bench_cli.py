@@ -245,6 +245,25 @@ def test_default_export_folder_of_another_checkpoint_is_left_alone(run, monkeypa
     assert default_folder(mine, SWEEP) == (Path("exports/b0-96x128"), None)  # nothing there yet
 
 
+def test_default_folder_from_another_segedge_version_is_re_exported(run, tmp_path):
+    import shutil
+
+    from segedge.benchmarks.artifacts import plan_export
+    from segedge.export.manifest import MANIFEST_NAME
+
+    work, _, _, _ = run
+    folder = tmp_path / "b0-64x96"
+    shutil.copytree(work / "exports" / "b0-64x96", folder)
+    cfg = create_model("b0", weights=str(work / "b0.safetensors")).pretrained_cfg
+    assert plan_export(folder, False, cfg, SIZE, ["onnx", "ort-int8"]) == ([], [])
+    man = json.loads((folder / MANIFEST_NAME).read_text())
+    man["segedge_version"] = "0.0.1"
+    (folder / MANIFEST_NAME).write_text(json.dumps(man))
+    missing, notes = plan_export(folder, False, cfg, SIZE, ["onnx", "ort-int8"])
+    assert missing == ["onnx", "ort-int8"] and "written by segedge 0.0.1" in notes[0]
+    assert plan_export(folder, True, cfg, SIZE, ["onnx", "ort-int8"]) == ([], [])  # --artifacts: used as given
+
+
 def test_artifacts_from_other_weights_are_refused(run):
     work, _, _, _ = run
     line = _one_line_error(*_bench(work, "--weights", "other.safetensors", "--artifacts", "exports/b0-64x96",

@@ -138,7 +138,9 @@ def default_folder(cfg: dict[str, Any], size: tuple[int, int]) -> tuple[Path, st
 def plan_export(folder: Path, explicit: bool, cfg: dict[str, Any], size: tuple[int, int],
                 wanted: Sequence[str]) -> tuple[list[str], list[str]]:
     """(targets `folder` lacks for this checkpoint at `size`, notes); an explicit (--artifacts) folder that holds
-    another checkpoint is a one-line error, a stale default folder is re-exported whole."""
+    another checkpoint is a one-line error, a stale default folder (other checkpoint, or written by another segedge
+    version) is re-exported whole."""
+    from .. import __version__
     from ..export.manifest import read_manifest
 
     notes: list[str] = []
@@ -148,6 +150,9 @@ def plan_export(folder: Path, explicit: bool, cfg: dict[str, Any], size: tuple[i
         why = manifest_mismatch(man, cfg, size)
         if why and explicit:
             raise SegedgeError(f"--artifacts {folder} does not fit: {why}; re-export it or drop it from --artifacts")
+        if not why and not explicit and man.get("segedge_version") != __version__:
+            # another segedge may quantize differently: a default folder is ours to refresh, --artifacts is not
+            why = f"written by segedge {man.get('segedge_version')}, this is {__version__}"
         if why:
             notes.append(f"{folder} was stale ({why}): re-exported")
         else:

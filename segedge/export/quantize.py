@@ -47,7 +47,6 @@ class QuantFlavour:
     op_types: tuple[str, ...] | None = None  # None: every op type onnxruntime can quantize
     scope: str = "all"  # "all" | "conv" (see module docstring)
     share_concat_ranges: bool = False
-    force_quantize_no_input_check: bool = False  # quantize Resize/Transpose/… even when their input is float
 
     def describe(self) -> dict[str, Any]:
         """The manifest's flavour fields."""
@@ -299,7 +298,6 @@ def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: Quant
         "AddQDQPairToWeight": flavour.weights_as_qdq_pair,
         # nn.Linear exports as MatMul with a [in, out] weight: its output channels are axis 1.
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        "ForceQuantizeNoInputCheck": flavour.force_quantize_no_input_check,
     }
     with tempfile.TemporaryDirectory(prefix="segedge-quant-") as td:
         cache = table.write_ort_cache(Path(td) / "ranges.json")
