@@ -42,15 +42,10 @@ def test_shipped_checkpoint_reaches_floor_on_camvid_val(name, camvid_root):
     assert f"**{100 * m.miou:.2f} %**" in default_weights(name).with_suffix(".md").read_text()
 
 
-OV_B0_OPEN = pytest.mark.xfail(strict=False, reason="measured: B0 openvino-int8 with NNCF's transformer preset loses "
-                                                  "0.90 pp on CamVid val; an open item of the export-spine issue")
-
-
 @pytest.mark.slow
 @pytest.mark.camvid
 @pytest.mark.parametrize("name,target", [("b0", "ort-int8"), ("topformer-t", "ort-int8"),
-                                         pytest.param("b0", "openvino-int8", marks=OV_B0_OPEN),
-                                         ("topformer-t", "openvino-int8")])
+                                         ("b0", "openvino-int8"), ("topformer-t", "openvino-int8")])
 def test_int8_targets_of_the_demo_lose_at_most_half_a_point(name, target, camvid_root, tmp_path):
     """Issue budget: INT8 targets calibrated on CamVid train lose ≤ 0.5 pt mIoU on all of CamVid val."""
     from segedge.export import ExportOptions, export_model
