@@ -12,16 +12,21 @@ from segedge.benchmarks import io_modes
 from segedge.models import create_model, save_checkpoint
 
 
-def test_round_robin_times_every_variant_on_every_round():
+def test_blocks_time_every_variant_on_the_same_frames():
     calls: list[tuple[str, int]] = []
     fns = {k: (lambda f, k=k: calls.append((k, int(f[0])))) for k in ("a", "b", "c")}
     frames = [np.array([i]) for i in range(4)]
-    stats = io_modes.time_round_robin(fns, frames, iters=6, warmup=2)
+    stats = io_modes.time_round_robin(fns, frames, iters=6, warmup=2, block=2)
     assert set(stats) == {"a", "b", "c"} and all(s["n"] == 6 for s in stats.values())
     timed = calls[6:]  # 2 warm-up rounds x 3 variants
-    # each round runs all three on the same frame; the first in a round rotates a, b, c, a, ...
-    assert [timed[3 * r][0] for r in range(6)] == ["a", "b", "c", "a", "b", "c"]
-    assert all(len({timed[3 * r + j][1] for j in range(3)}) == 1 for r in range(6))
+    # 3 rounds; each runs every variant as an untimed call + a block of 2 on the round's frames, the first
+    # variant rotating a, b, c
+    expect = []
+    for r, first in enumerate("abc"):
+        order = "abc"["abc".index(first):] + "abc"[:"abc".index(first)]
+        for k in order:
+            expect += [(k, (2 * r - 1) % 4), (k, (2 * r) % 4), (k, (2 * r + 1) % 4)]
+    assert timed == expect
 
 
 def test_accuracy_counts_miou_and_agreement_against_the_reference():

@@ -9,7 +9,7 @@ For one model at one input size this compares, on the same labelled frames and i
 - `raw/upsample`: `--io raw --upsample` (labels at the input size come out of the graph).
 
 End-to-end latency is frame in memory → labels at the frame's size (what a video loop pays per frame), timed
-round-robin so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed on the
+in rotating blocks so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed on the
 same frames. Run it with `python -m segedge.benchmarks.io_modes --help` (or `benchmarks/io_modes.sh`).
 """
 
@@ -32,21 +32,32 @@ from .stats import Agreement, latency_stats, ns_to_ms
 VARIANTS = ("float/fast", "float/exact", "raw", "raw/upsample")
 
 
+BLOCK = 10  # calls of one variant in a row (after an untimed one), as `segedge bench` times
+
+
 def time_round_robin(fns: dict[str, Callable[[np.ndarray], Any]], frames: Sequence[np.ndarray], iters: int,
-                     warmup: int) -> dict[str, dict[str, float]]:
-    """Latency stats per function: each round runs every function on the same frame, order rotated per round."""
+                     warmup: int, block: int = BLOCK) -> dict[str, dict[str, float]]:
+    """Latency stats per function, timed in rotating blocks: each round runs every function `block` times in a
+    row (an untimed call first, so no timed call starts with another variant's data in the caches), the starting
+    function rotating from round to round; `iters` timed calls per function."""
     names = list(fns)
     for i in range(warmup):
         for n in names:
             fns[n](frames[i % len(frames)])
     durations: dict[str, list[int]] = {n: [] for n in names}
-    for i in range(iters):
-        frame = frames[i % len(frames)]
-        k = i % len(names)
+    done, r = 0, 0
+    while done < iters:
+        k = r % len(names)
+        count = min(block, iters - done)
         for n in names[k:] + names[:k]:
-            t0 = time.perf_counter_ns()
-            fns[n](frame)
-            durations[n].append(time.perf_counter_ns() - t0)
+            fns[n](frames[(done - 1) % len(frames)])
+            for j in range(count):
+                frame = frames[(done + j) % len(frames)]
+                t0 = time.perf_counter_ns()
+                fns[n](frame)
+                durations[n].append(time.perf_counter_ns() - t0)
+        done += count
+        r += 1
     return {n: latency_stats(ns_to_ms(d)) for n, d in durations.items()}
 
 
@@ -114,7 +125,7 @@ def run(model: str, weights: str | None, data: Path, dataset: str, split: str, i
         "format": "segedge-io-modes/1", "model": model, "target": target,
         "input_size": list(info.input_size), "frame_size": list(frames[0].shape[:2]),
         "dataset": {"name": dataset, "root": str(data), "split": split, "frames": n},
-        "timing": {"iters": iters, "warmup": warmup, "threads": threads, "order": "round-robin",
+        "timing": {"iters": iters, "warmup": warmup, "threads": threads, "order": f"rotating blocks of {BLOCK} (an untimed call opening each)",
                    "what": "frame in memory -> labels at frame size (pre-process + inference + post-process)"},
         "exports": folders,
         "variants": {k: {"latency": lat[k], **acc[k]} for k in predictors},
