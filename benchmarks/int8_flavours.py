@@ -51,12 +51,14 @@ def main() -> None:
     ap.add_argument("--no-accuracy", action="store_true", help="latency only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out/int8"))
+    ap.add_argument("--work", type=Path, default=Path("bench-out/int8-work"),
+                    help="export folder location (kept out of --out, which may be committed)")
     a = ap.parse_args()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     ds = open_dataset("camvid", a.data, "val")
     pairs = [ds[i] for i in range(len(ds) if a.limit is None else min(a.limit, len(ds)))]
-    folder = a.out / f"{a.model}-export"
+    folder = a.work / f"{a.model}-export"
     models: dict[str, object] = {}
     for method in a.methods.split(","):
         res = export_model(ExportOptions(model=a.model, weights=a.weights, targets="onnx,ort-int8", calib_method=method,

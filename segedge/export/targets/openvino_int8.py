@@ -78,20 +78,28 @@ def nncf_output_to_stderr() -> Iterator[None]:
         log.setLevel(level)
 
 
-def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any:
-    """nncf.quantize on the calibration frames; any NNCF failure becomes a one-line ExportError."""
+def nncf_kwargs(settings: dict[str, Any], subset_size: int) -> dict[str, Any]:
+    """The nncf.quantize keyword arguments for `nncf_settings(...)` (shared with benchmarks/openvino_int8_study.py)."""
     import nncf
 
-    inputs = [ctx.make_input(f) for f in ctx.frames.frames]
     kwargs: dict[str, Any] = {
         "preset": nncf.QuantizationPreset.MIXED if settings["preset"] == "mixed" else
         nncf.QuantizationPreset.PERFORMANCE,
-        "subset_size": len(inputs),
+        "subset_size": subset_size,
     }
     if settings["model_type"] == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if settings["ignored_patterns"]:  # validate=False: a graph without such nodes is quantized as is
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(settings["ignored_patterns"]), validate=False)
+    return kwargs
+
+
+def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any:
+    """nncf.quantize on the calibration frames; any NNCF failure becomes a one-line ExportError."""
+    import nncf
+
+    inputs = [ctx.make_input(f) for f in ctx.frames.frames]
+    kwargs = nncf_kwargs(settings, len(inputs))
     ctx.progress(f"quantizing openvino-int8 with NNCF ({settings['preset']} preset"
                  f"{', transformer' if settings['model_type'] else ''}) on {len(inputs)} frames")
     try:
