@@ -9,8 +9,8 @@ For one model at one input size this compares, on the same labelled frames and i
 - `raw/upsample`: `--io raw --upsample` (labels at the input size come out of the graph).
 
 End-to-end latency is frame in memory → labels at the frame's size (what a video loop pays per frame), timed
-in rotating blocks so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed on the
-same frames. Run it with `python -m segedge.benchmarks.io_modes --help` (or `benchmarks/io_modes.sh`).
+in rotating blocks so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed
+on the same frames. Run it with `python -m segedge.benchmarks.io_modes --help` (or `benchmarks/io_modes.sh`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def run(model: str, weights: str | None, data: Path, dataset: str, split: str, i
         "format": "segedge-io-modes/1", "model": model, "target": target,
         "input_size": list(info.input_size), "frame_size": list(frames[0].shape[:2]),
         "dataset": {"name": dataset, "root": str(data), "split": split, "frames": n},
-        "timing": {"iters": iters, "warmup": warmup, "threads": threads, "order": f"rotating blocks of {BLOCK} (an untimed call opening each)",
+        "timing": {"iters": iters, "warmup": warmup, "threads": threads,
+                   "order": f"rotating blocks of {BLOCK} (an untimed call opening each)",
                    "what": "frame in memory -> labels at frame size (pre-process + inference + post-process)"},
         "exports": folders,
         "variants": {k: {"latency": lat[k], **acc[k]} for k in predictors},

@@ -190,26 +190,22 @@ def time_round_robin(entries: Sequence[Entry], frames: Sequence[tuple[str, np.nd
             order = [entries[(r + j) % k] for j in range(k)]
             gc.collect()
             gc.disable()  # no collector pause inside a timed call (timeit does the same)
+
+            def block_of(e: Entry, call: Callable[[], Any], sink: list[int]) -> None:
+                for c in range(lead + n):
+                    _settle(settle_s)
+                    t0 = time.perf_counter_ns()
+                    call()
+                    e.sync()
+                    t1 = time.perf_counter_ns()
+                    if not warm and c >= lead:
+                        sink.append(t1 - t0)
+
             for e in order:
                 x = e.seg.prepare(frame)
-                for c in range(lead + n):
-                    _settle(settle_s)
-                    t0 = time.perf_counter_ns()
-                    e.seg.backend.run(x)
-                    e.sync()
-                    t1 = time.perf_counter_ns()
-                    if not warm and c >= lead:
-                        e.infer_ns.append(t1 - t0)
+                block_of(e, lambda: e.seg.backend.run(x), e.infer_ns)
             for e in order:
-                for c in range(lead + n):
-                    _settle(settle_s)
-                    t0 = time.perf_counter_ns()
-                    img = cv2.imread(path, cv2.IMREAD_COLOR)
-                    e.seg.predict(img)
-                    e.sync()
-                    t1 = time.perf_counter_ns()
-                    if not warm and c >= lead:
-                        e.e2e_ns.append(t1 - t0)
+                block_of(e, lambda: e.seg.predict(cv2.imread(path, cv2.IMREAD_COLOR)), e.e2e_ns)
             if not warm:
                 timed += n
             if gc_was_enabled:

@@ -30,7 +30,7 @@ from . import verify as _verify
 from .calibration import (DEFAULT_CALIB_COUNT, CalibrationFrames, check_method, get_calibration_table,
                           load_calibration_frames)
 from .manifest import (MANIFEST_FORMAT, MANIFEST_NAME, ManifestBuilder, read_manifest, tool_versions, utc_now)
-from .quantize import ORT_SCOPES
+from .quantize import check_ort_scope
 from .targets import ExportContext, resolve_targets
 from .torch2onnx import EXPORTER, MAX_OPSET, MIN_OPSET, check, export_module, opset_of, simplify
 from .wrappers import RawIOWrapper
@@ -182,8 +182,7 @@ def export_model(options: ExportOptions, progress: Callable[[str], None] | None 
         notes.append("--keep-float / --quantize-all only affect INT8 targets (e.g. --target ort-int8); ignored")
     if opts.calib_count is not None and int(opts.calib_count) <= 0:
         raise SegedgeError(f"--calib-count must be positive, got {opts.calib_count}")
-    if opts.ort_scope not in ORT_SCOPES:
-        raise SegedgeError(f"--ort-scope must be one of {', '.join(ORT_SCOPES)}, got '{opts.ort_scope}'")
+    check_ort_scope(opts.ort_scope)
     if str(opts.ov_precision).strip().lower() not in OV_PRECISIONS:
         raise SegedgeError(f"--ov-precision must be one of {', '.join(OV_PRECISIONS)}, got '{opts.ov_precision}'")
 

@@ -6,7 +6,8 @@ Flavours:
   * `all`: every op onnxruntime can quantize (TopFormer: a CNN whose chains stay int8 end to end);
   * `conv`: dense (group 1) convolutions and the Resize/Concat feeding them; Linear/MatMul, GELU, LayerNorm and
     depthwise convs stay float (SegFormer). Measured on an Intel Xeon with AVX-512 VNNI/AMX, 2 threads, B0
-    384×512, back to back: scope `all` 0.83× FP32 latency, `conv` 0.64×, same accuracy (≤ 0.1 pt). In a
+    384×512, back to back (benchmarks/int8_flavours.py): scope `all` 0.77× FP32 latency, `conv` 0.66×, both
+    within 0.1 pt mIoU. In a
     transformer block every int8 GEMM sits between float LayerNorm/Softmax/GELU, so each one costs a
     QuantizeLinear + DequantizeLinear pass over its activations (single-threaded in ORT) and MLAS's u8s8 kernels
     are no faster than its FP32 ones at K ≤ 64; the decode head's 1×1 fuse conv (K = 1024) is where int8 pays.
@@ -200,11 +201,16 @@ def select_kept_float(model: Any, keep_float: Sequence[str] = (), quantize_all: 
     return list(kept.values())
 
 
-def ort_cpu_flavour(family: str, scope: str = "auto") -> QuantFlavour:
-    """The ort-int8 flavour for a model family; `scope` ("auto" | "all" | "conv") overrides the family default."""
+def check_ort_scope(scope: str) -> str:
+    """`scope` when it is one of ORT_SCOPES, else a one-line SegedgeError."""
     if scope not in ORT_SCOPES:
         raise SegedgeError(f"--ort-scope must be one of {', '.join(ORT_SCOPES)}, got '{scope}'")
-    if scope == "auto":
+    return scope
+
+
+def ort_cpu_flavour(family: str, scope: str = "auto") -> QuantFlavour:
+    """The ort-int8 flavour for a model family; `scope` ("auto" | "all" | "conv") overrides the family default."""
+    if check_ort_scope(scope) == "auto":
         scope = ORT_SCOPE_BY_FAMILY.get(family, "all")
     return ORT_CPU_CONV if scope == "conv" else ORT_CPU
 
@@ -263,13 +269,11 @@ def share_concat_ranges(model: Any, table: CalibrationTable, excluded: Iterable[
         for t in n.input:
             names.append(t)
             p = producer.get(t)
+            # a tensor shared with another path keeps its measured range, so the walk stops before it
             while (p is not None and p.op_type in PASS_THROUGH and p.name not in skip
-                   and len(consumers.get(t, [])) == 1):
+                   and len(consumers.get(t, [])) == 1 and len(consumers.get(p.input[0], [])) == 1):
                 t = p.input[0]
                 names.append(t)
-                if len(consumers.get(t, [])) != 1:
-                    names.pop()  # shared with another path: its range stays as measured
-                    break
                 p = producer.get(t)
         names = [x for x in names if x in ranges]
         if len(names) < 2:
