@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 # Extra pip arguments for that one install (e.g. --index-url of a CPU-only torch index) go in TORCH_PIP_ARGS.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,openvino
+# export = torch side (onnx, onnxsim, onnxruntime, safetensors, matplotlib), openvino = OpenVINO + NNCF, dev = tests.
+# A device that only runs exported models needs none of these: see the README's "Install" (`pip install .[ort]`).
+EXTRAS ?= export,openvino,dev
 STAMP := $(VENV)/.segedge-setup
 PYTEST_ARGS ?=
 # The demo calibrates INT8 on CamVid train and measures mIoU on CamVid val when that folder exists (its licence
-# keeps it out of this repository); otherwise on the synthetic frames in calib_data/ with no mIoU.
+# keeps it out of this repository); otherwise on the synthetic frames shipped in segedge/assets/frames/ with no mIoU.
 CAMVID ?= $(firstword $(wildcard ../shared/datasets/camvid) $(SEGEDGE_CAMVID))
 DEMO_MODEL ?= b0
 DEMO_DATA_ARGS := $(if $(CAMVID),--calib $(CAMVID)/train --val $(CAMVID) --val-count 101,)

@@ -2,8 +2,8 @@
 
 For one checkpoint it exports the FP32 ONNX once (calibration table cached in the folder), quantizes the same
 pre-processed graph with each candidate flavour and calibration method, and measures on the labelled frames:
-mIoU (exact post-processing) and its drop vs FP32 ONNX, and inference latency (batch 1, paired round-robin,
-ratio vs FP32). Run on an idle machine:
+mIoU (exact post-processing) and its drop vs FP32 ONNX, and inference latency (batch 1, rotating blocks as
+`segedge bench` times them, ratio vs FP32). Run on an idle machine:
 
     python benchmarks/int8_flavours.py --model b0 --data ../shared/datasets/camvid --out benchmarks/results/int8
 """
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from segedge.benchmarks.stats import latency_stats, ns_to_ms
+from segedge.benchmarks.timing import time_blocks
 from segedge.data.datasets import open_dataset
-from segedge.data.metrics import ConfusionMatrix
+from segedge.evaluation import evaluate_predictors
 from segedge.export.calibration import CalibrationTable, table_path
 from segedge.export.pipeline import ExportOptions, export_model
 from segedge.export.quantize import ORT_CPU, ORT_CPU_CONV, quantize, select_kept_float
@@ -61,8 +60,8 @@ def main() -> None:
     folder = a.work / f"{a.model}-export"
     models: dict[str, object] = {}
     for method in a.methods.split(","):
-        res = export_model(ExportOptions(model=a.model, weights=a.weights, targets="onnx,ort-int8", calib_method=method,
-                                         calib=f"camvid:{a.data}:train", calib_count=a.calib_count, out=folder))
+        export_model(ExportOptions(model=a.model, weights=a.weights, targets="onnx,ort-int8", calib_method=method,
+                                   calib=f"camvid:{a.data}:train", calib_count=a.calib_count, out=folder))
         if "fp32" not in models:
             models["fp32"] = onnx.load(str(folder / "model.onnx"))
         table = CalibrationTable.load(table_path(folder, method))
@@ -75,26 +74,18 @@ def main() -> None:
     info = Segmenter.load(folder, target="onnx").info
     segs = {k: Segmenter(OnnxRuntimeBackend(m, threads=a.threads), info, "exact") for k, m in models.items()}
     # accuracy
-    cms = {k: ConfusionMatrix(ds.num_classes) for k in segs}
-    for frame, label in ([] if a.no_accuracy else pairs):
-        for k, s in segs.items():
-            cms[k].update(s.predict(frame), label)
-    miou = {k: (float("nan") if a.no_accuracy else float(cm.compute(ds.class_names).miou)) for k, cm in cms.items()}
+    if a.no_accuracy:
+        miou = {k: float("nan") for k in segs}
+    else:
+        acc = evaluate_predictors({k: s.predict for k, s in segs.items()}, pairs, ds.num_classes, ds.class_names)
+        miou = {k: float(m.miou) for k, m in acc.metrics.items()}
     # latency: inference only, batch 1, rotating blocks of BLOCK back-to-back calls (an untimed call opens each
     # block), as `segedge bench` times: the steady state of a loop running one model
     x = segs["fp32"].prepare(pairs[0][0])
     names = list(segs)
-    for _ in range(5 if a.iters else 0):
-        for k in names:
-            segs[k].backend.run(x)
-    dur = {k: [] for k in names}
-    for r in range(-(-a.iters // BLOCK)):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            segs[k].backend.run(x)
-            for _ in range(min(BLOCK, a.iters - r * BLOCK)):
-                t0 = time.perf_counter_ns()
-                segs[k].backend.run(x)
-                dur[k].append(time.perf_counter_ns() - t0)
+    (durations,) = time_blocks(names, [lambda k, r: partial(segs[k].backend.run, x)], 5 if a.iters else 0, a.iters,
+                               BLOCK)
+    dur = dict(zip(names, durations))
     lat = {k: latency_stats(ns_to_ms(v)) if v else {"p50_ms": float("nan")} for k, v in dur.items()}
     base = lat["fp32"]["p50_ms"]
     rows = {k: {"miou": miou[k], "drop_pp": 100 * (miou["fp32"] - miou[k]), "p50_ms": lat[k]["p50_ms"],

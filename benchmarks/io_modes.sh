@@ -8,7 +8,7 @@ OUT="${OUT:-benchmarks/results/io-modes}"
 IO_TARGETS="${IO_TARGETS:-onnx,ort-int8}"
 for model in ${MODELS//,/ }; do
   for target in ${IO_TARGETS//,/ }; do
-    "${PYTHON:-python}" -m segedge.benchmarks.io_modes --model "$model" --target "$target" \
+    "${PYTHON:-python}" benchmarks/io_modes.py --model "$model" --target "$target" \
       --data "$CAMVID" --dataset camvid --split val --input-size 384x512 --calib "camvid:$CAMVID:train" \
       --iters 60 --warmup 5 ${THREAD_ARGS[@]+"${THREAD_ARGS[@]}"} --out "$OUT/$model-$target" "$@"
   done

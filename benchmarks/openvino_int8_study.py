@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from segedge.data.datasets import open_dataset
-from segedge.data.metrics import ConfusionMatrix
+from segedge.evaluation import evaluate_predictors
 from segedge.export.calibration import load_calibration_frames
 from segedge.export.pipeline import ExportOptions, export_model
 from segedge.export.targets.openvino_int8 import (count_fake_quantize, kept_float_nodes, nncf_kwargs,
@@ -51,10 +51,8 @@ def main() -> None:
 
     def miou(model: object) -> float:
         seg = Segmenter(OpenVINOBackend(model, precision="f32"), ref.info, "exact")
-        cm = ConfusionMatrix(ds.num_classes)
-        for frame, label in pairs:
-            cm.update(seg.predict(frame), label)
-        return 100 * float(cm.compute(ds.class_names).miou)
+        res = evaluate_predictors({"m": seg.predict}, pairs, ds.num_classes, ds.class_names)
+        return 100 * float(res.metrics["m"].miou)
 
     fp32 = ov.convert_model(str(folder / "model.onnx"))
     base = miou(fp32)

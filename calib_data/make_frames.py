@@ -1,4 +1,4 @@
-"""Draw the synthetic street-scene frames shipped in calib_data/ (default INT8 calibration and export check source).
+"""Draw the synthetic street-scene frames shipped in segedge/assets/frames/ (default export check and INT8 source).
 
 Every pixel is drawn here with OpenCV from a fixed seed, so the frames carry no third-party licence: sky gradient,
 buildings with windows, road with lane markings, sidewalks, poles, trees, cars, pedestrians, signs, then light blur,
@@ -6,7 +6,10 @@ sensor noise and JPEG compression. They only need to drive activations through r
 edges, textures, saturated colours); for best INT8 accuracy calibrate with frames from your own camera instead
 (see README.md).
 
-Run:  python calib_data/make_frames.py [--count 10] [--size 360x480] [--seed 0] [--out calib_data]
+The shipped frames are package data, so an installed segedge finds them without this checkout; this script is
+how they were made (the defaults below reproduce them), kept here with the notes on calibrating on your own frames.
+
+Run:  python calib_data/make_frames.py [--count 10] [--size 360x480] [--seed 0] [--out segedge/assets/frames]
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--size", default="360x480", help="HEIGHTxWIDTH")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "segedge" / "assets" / "frames"),
+                    help="output folder (default: the package's shipped frames, segedge/assets/frames)")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
     out = Path(args.out)

@@ -2,12 +2,18 @@
 
 `main()` is the console-script entry point. It turns every SegedgeError (bad user input) into one line
 `error: <message>` on stderr with exit code 2, Ctrl-C into exit code 130, and leaves tracebacks for real bugs only.
+With SEGEDGE_DEBUG=1 a user error also prints the chain of exceptions that caused it (errors are raised `from` their
+cause), for bug reports.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import signal
 import sys
+import traceback
 from typing import Optional, Sequence
 
 import typer
@@ -22,6 +28,7 @@ COMMAND_MODULES = [
     "evaluate",  # segedge eval
     "export",    # segedge export
     "bench",     # segedge bench
+    "doctor",    # segedge doctor
 ]
 
 # Recent Typer vendors Click (typer._click), older Typer uses click itself: find the classes through public names.
@@ -62,11 +69,42 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+# Failures of the disk rather than of segedge or the input: one line naming the fix, as for user errors.
+_DISK_ERRORS = {
+    errno.ENOSPC: "free some space or choose another --out", errno.EDQUOT: "free some quota or choose another --out",
+    errno.EACCES: "choose a folder you may write to", errno.EPERM: "choose a folder you may write to",
+    errno.EROFS: "the file system is read-only: choose another --out",
+}
+
+
+def _missing_module_hint(module: str) -> str | None:
+    """The install hint for an optional dependency (a registered toolkit, or one of the export extra's packages)."""
+    from .toolkits import list_toolkits
+
+    top = module.split(".")[0]
+    for t in list_toolkits():
+        if t.module == top:
+            return t.install_hint
+    if top in ("safetensors", "matplotlib", "onnxslim", "onnxscript"):
+        return "pip install 'segedge[export]'"
+    return None
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # docker stop, systemd and CI timeouts send SIGTERM: clean up exactly as for Ctrl-C
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the CLI; user errors become one `error:` line and a non-zero exit code, never a traceback."""
     try:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals to the host
+        pass
+    try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="segedge", standalone_mode=False)
     except SegedgeError as e:
+        if os.environ.get("SEGEDGE_DEBUG", "").strip() not in ("", "0"):
+            traceback.print_exception(e)  # the whole cause chain, for bug reports
         _fail(f"error: {str(e).strip()}", 2)
     except _ClickException as e:  # usage errors: unknown option, missing --model, bad int, ...
         if _NoArgsIsHelpError is not None and isinstance(e, _NoArgsIsHelpError):
@@ -75,6 +113,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _fail(f"error: {e.format_message()}{hint}", e.exit_code)
+    except ModuleNotFoundError as e:
+        hint = _missing_module_hint(e.name or "")
+        if hint is None:
+            raise  # not an optional dependency: a bug, keep the traceback
+        _fail(f"error: this command needs {e.name}, which is not installed here: {hint}", 2)
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise  # a bug or an unexpected system failure: keep the traceback
+        where = f" writing {e.filename}" if e.filename else ""
+        _fail(f"error: {os.strerror(e.errno).lower()}{where}; {_DISK_ERRORS[e.errno]}", 1)
     except typer.Abort:
         _fail("aborted", 1)
     except KeyboardInterrupt:  # outside a command (e.g. during imports); inside one, Typer returns 130

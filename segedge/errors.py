@@ -21,3 +21,9 @@ class ExportError(SegedgeError):
 
 class LabelRangeError(DataError):
     """Label values beyond the dataset's classes: a wrong --num-classes or dataset type, never skipped."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (its type name when empty), cut to `limit` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -134,6 +134,12 @@ def test_outputs_are_complete_and_valid(run):
     for png in ("latency_vs_miou.png", "per_class_iou.png"):
         data = (work / "out" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # paths relative to the working directory (the run's cwd is `work`), never resolved absolute ones
+    blob = json.dumps(res)
+    assert str(work) not in blob and os.path.realpath(work) not in blob
+    assert res["models"]["b0"]["weights"] == "b0.safetensors" and res["settings"]["data"] == "data"
+    assert res["settings"]["calibration"] == "camvid:data:train"
+    assert res["models"]["b0"]["export_folders"] == {"64x96": os.path.join("exports", "b0-64x96")}
 
 
 def test_each_row_is_measured(run):
@@ -221,15 +227,13 @@ def test_power_from_tegrastats(sweep_run):
 
 
 def test_existing_exports_are_reused(run):
-    from segedge.benchmarks.artifacts import CalibrationSource, ensure_export
+    from segedge.benchmarks.artifacts import plan_export
 
     work, _, _, res = run
     assert all(r["exported_now"] for r in res["rows"] if r["target"] != "torch")
     cfg = create_model("b0", weights=str(work / "b0.safetensors")).pretrained_cfg
-    calls = []
-    man, exported, _ = ensure_export(work / "exports" / "b0-64x96", True, cfg, SIZE, ["onnx", "ort-int8"],
-                                     CalibrationSource(None, "unused", True), 4, calls.append)
-    assert exported == [] and calls == [] and man["model"] == "b0"
+    missing, notes = plan_export(work / "exports" / "b0-64x96", True, cfg, SIZE, ["onnx", "ort-int8"])
+    assert missing == [] and notes == []  # nothing to export again
 
 
 def test_default_export_folder_of_another_checkpoint_is_left_alone(run, monkeypatch):
@@ -249,7 +253,7 @@ def test_default_folder_from_another_segedge_version_is_re_exported(run, tmp_pat
     import shutil
 
     from segedge.benchmarks.artifacts import plan_export
-    from segedge.export.manifest import MANIFEST_NAME
+    from segedge.contract import MANIFEST_NAME
 
     work, _, _, _ = run
     folder = tmp_path / "b0-64x96"

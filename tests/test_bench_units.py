@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 
 from segedge.benchmarks.report import CSV_COLUMNS, flat_row, markdown, to_csv
-from segedge.benchmarks.runner import Entry, parse_targets, time_round_robin, timing_rounds
+from segedge.benchmarks.runner import Entry, parse_targets, time_entries
 from segedge.benchmarks.schema import check_results
-from segedge.benchmarks.stats import Agreement, latency_stats, miou_drop, ns_to_ms
+from segedge.benchmarks.stats import latency_stats, miou_drop, ns_to_ms
 from segedge.benchmarks.tegrastats import TegrastatsSampler, parse_tegrastats_line, power_summary
+from segedge.benchmarks.timing import timing_rounds
 from segedge.errors import SegedgeError
+from segedge.evaluation import Agreement
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +70,7 @@ def test_agreement_accumulates_pixels_over_frames():
 def test_parse_targets_puts_the_reference_first_and_rejects_unknown_names():
     assert parse_targets("onnx,ort-int8,onnx") == ["torch", "onnx", "ort-int8"]
     assert parse_targets(["ORT-INT8", "torch"]) == ["torch", "ort-int8"]
-    with pytest.raises(SegedgeError, match="unknown target 'warp-drive'.*torch"):
+    with pytest.raises(SegedgeError, match="unknown export target 'warp-drive'.*torch"):
         parse_targets("onnx,warp-drive")
 
 
@@ -80,6 +82,9 @@ class _FakeBackend:
     def run(self, x: np.ndarray) -> np.ndarray:
         self.log.append(("run", self.name, int(x[0, 0, 0])))
         return x
+
+    def synchronize(self) -> None:
+        self.log.append(("sync", self.name, None))
 
 
 class _FakeSeg:
@@ -102,11 +107,15 @@ def test_round_robin_rotates_order_and_uses_one_frame_per_round(tmp_path):
         cv2.imwrite(str(p), img)
         frames.append((str(p), img))
     log: list = []
-    entries = [Entry("m", t, (4, 6), _FakeSeg(t, log), lambda: None, Path("x"), None, "fp32") for t in "abc"]
-    time_round_robin(entries, frames, warmup=1, iters=4, settle_s=0.0)
+    entries = [Entry("m", t, (4, 6), _FakeSeg(t, log), Path("x"), None, "fp32") for t in "abc"]
+    time_entries(entries, frames, warmup=1, iters=4, settle_s=0.0)
     runs = [e for e in log if e[0] == "run"]
     preds = [e for e in log if e[0] == "predict"]
     assert len(runs) == len(preds) == 3 * 5
+    # every timed call waits for its own backend's device (backend.synchronize) before the clock stops
+    for i, ev in enumerate(log):
+        if ev[0] in ("run", "predict"):
+            assert log[i + 1] == ("sync", ev[1], None)
     for r in range(5):
         rnd = runs[3 * r:3 * r + 3]
         assert [e[1] for e in rnd] == [("abc" * 2)[(r + j) % 3] for j in range(3)]  # rotated start
@@ -122,8 +131,8 @@ def test_blocks_run_each_target_back_to_back_with_an_untimed_lead_call(tmp_path)
     img = np.full((4, 6, 3), 7, np.uint8)
     cv2.imwrite(str(p), img)
     log: list = []
-    entries = [Entry("m", t, (4, 6), _FakeSeg(t, log), lambda: None, Path("x"), None, "fp32") for t in "abc"]
-    time_round_robin(entries, [(str(p), img)], warmup=1, iters=4, settle_s=0.0, block=3)
+    entries = [Entry("m", t, (4, 6), _FakeSeg(t, log), Path("x"), None, "fp32") for t in "abc"]
+    time_entries(entries, [(str(p), img)], warmup=1, iters=4, settle_s=0.0, block=3)
     assert timing_rounds(1, 4, 3) == 3
     runs = "".join(e[1] for e in log if e[0] == "run")
     preds = "".join(e[1] for e in log if e[0] == "predict")

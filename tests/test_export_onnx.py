@@ -16,7 +16,10 @@ from segedge.errors import CheckpointError, ExportError, SegedgeError
 from segedge.export import ExportOptions, default_out_dir, export_model
 from segedge.export import verify as verify_mod
 from segedge.export.calibration import DEFAULT_CALIB_DIR
-from segedge.export.manifest import MODEL_KEYS, read_onnx_metadata
+from segedge.contract import read_onnx_metadata
+
+MODEL_KEYS = ("format", "segedge_version", "model", "family", "weights", "num_classes", "class_names", "input",
+              "output", "opset", "exporter", "graph_sha256", "tool_versions", "created")
 from segedge.io import sha256_file
 from segedge.models import create_model, save_checkpoint
 from segedge.runtime.preprocess import preprocess, to_raw_input
@@ -200,20 +203,23 @@ def test_tolerance_failure_leaves_no_artifact(ckpts: dict[str, Path], tmp_path: 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_interrupted_export_leaves_nothing_that_looks_valid(ckpts: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
-    import segedge.export.targets.ort_int8 as ort_int8
+    import segedge.export.quantize as quantize_mod
+
+    calls = []
 
     def explode(*a: object, **k: object) -> None:
+        calls.append(sorted(p.name for p in Path(k["work_dir"]).parent.iterdir()))
         raise exc
 
-    monkeypatch.setattr(ort_int8, "quantize", explode)  # after model.onnx is staged and calibration ran
+    monkeypatch.setattr(quantize_mod, "quantize", explode)  # after model.onnx is staged and calibration ran
     out = tmp_path / "int"
     with pytest.raises(type(exc)):
         export_model(ExportOptions("topformer-t", weights=ckpts["topformer-t"], targets="onnx,ort-int8",
                                    input_size=SIZE, calib_count=2, verify_frames=1, out=out))
-    names = {p.name for p in out.iterdir()}
-    assert "calibration.minmax.json" in names  # proof the export got past calibration before failing
-    assert not names & {"model.onnx", "model.int8.onnx", "model.qdq.onnx", "manifest.json"}
-    assert not any(n.startswith(".staging") for n in names)
+    # proof the export got past calibration and staged model.onnx before failing
+    assert {"calibration.minmax.json", "model.onnx"} <= set(calls[0])
+    assert not out.exists()  # nothing that looks like an export, not even the folder
+    assert [p.name for p in tmp_path.iterdir()] == []  # and no staging folder beside it
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
@@ -225,7 +231,10 @@ def test_interrupted_export_leaves_nothing_that_looks_valid(ckpts: dict[str, Pat
     (dict(model="b0", opset=11), ExportError, "opset 11"),
     (dict(model="b0", upsample=True), SegedgeError, "--upsample applies to --io raw"),
     (dict(model="b0", io="yuv"), SegedgeError, "--io must be"),
-    (dict(model="b0", targets="ort-int8", ort_scope="everything"), SegedgeError, "--ort-scope must be one of"),
+    (dict(model="b0", targets="ort-int8", target_options={"ort_scope": "everything"}), SegedgeError,
+     "--ort-scope must be one of"),
+    (dict(model="b0", targets="onnx", target_options={"ort_scope": "conv"}), SegedgeError,
+     "--ort-scope applies to --target ort-int8 only"),
 ])
 def test_bad_options_are_one_line_errors(ckpts: dict[str, Path], tmp_path: Path, kwargs: dict, err: type,
                                          match: str) -> None:

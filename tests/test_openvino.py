@@ -215,7 +215,8 @@ def test_missing_packages_and_bad_options_are_one_line_errors(monkeypatch: pytes
     help_text = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).output
     assert "openvino-int8" in help_text and "--ov-precision" in help_text
     with pytest.raises(SegedgeError, match="--ov-precision"):
-        export_model(ExportOptions("b0", targets="openvino", ov_precision="int8", out=tmp_path / "x"))
+        export_model(ExportOptions("b0", targets="openvino", target_options={"ov_precision": "int8"},
+                                   out=tmp_path / "x"))
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(SegedgeError, match=r"openvino-int8.*pip install 'segedge\[openvino\]'"):
         resolve_targets("openvino-int8")

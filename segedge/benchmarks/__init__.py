@@ -1,7 +1,8 @@
 """`segedge bench`: latency, memory, size, accuracy (and power on Jetson) of every model × target, in one run.
 
 - runner.py     `run_bench(BenchConfig)`: exports what is missing, times targets in rotating blocks, evaluates accuracy
-- stats.py      latency statistics, mIoU drop, argmax agreement (pure functions)
+- timing.py     `time_blocks`: the rotating-block timing loop (also used by the study scripts in benchmarks/)
+- stats.py      latency statistics and mIoU drop (pure functions); accuracy itself: segedge.evaluation
 - artifacts.py  which export folder serves each model × size; reuse or export
 - targets.py    opening the PyTorch reference or an exported target (shared with the memory probe)
 - memprobe.py   peak RSS of one target in a fresh process

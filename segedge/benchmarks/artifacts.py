@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..contract import MANIFEST_NAME, read_manifest
 from ..errors import DataError, SegedgeError
-
-MANIFEST_NAME = "manifest.json"
+from .targets import portable_path, portable_spec
 
 
 @dataclass
@@ -31,8 +31,6 @@ def read_artifact_folders(paths: Sequence[str | Path], models: Sequence[str]) ->
                                                                                    ArtifactFolder]:
     """Read each --artifacts folder's manifest; (model, (H, W)) → folder. One-line errors for folders that are
     missing, not exports, of a model that is not benchmarked, or duplicated."""
-    from ..export.manifest import read_manifest
-
     out: dict[tuple[str, tuple[int, int]], ArtifactFolder] = {}
     for p in paths:
         folder = Path(p)
@@ -97,7 +95,7 @@ def calibration_source(calib: Any, dataset: str, data: Path, eval_ds: Any, num_c
         CalibrationSource:
     """--calib when given, else the dataset's train split; the eval split only for FP32 check frames."""
     if calib is not None:
-        return CalibrationSource(calib, f"--calib {calib}", True)
+        return CalibrationSource(calib, f"--calib {portable_spec(str(calib))}", True)
     from ..data.datasets import open_dataset
 
     try:
@@ -109,7 +107,7 @@ def calibration_source(calib: Any, dataset: str, data: Path, eval_ds: Any, num_c
     if overlap:
         return CalibrationSource(eval_ds, f"{dataset} {eval_ds.split} split (the train split shares its images)",
                                  False)
-    return CalibrationSource(train, f"{dataset}:{data}:train", True)
+    return CalibrationSource(train, f"{dataset}:{portable_path(data)}:train", True)
 
 
 def default_folder(cfg: dict[str, Any], size: tuple[int, int]) -> tuple[Path, str | None]:
@@ -118,7 +116,6 @@ def default_folder(cfg: dict[str, Any], size: tuple[int, int]) -> tuple[Path, st
     exports/<model>-<H>x<W> (what `segedge export` writes) when it holds this checkpoint or does not exist yet;
     when it holds another checkpoint it is left alone and exports/<model>-<H>x<W>-<weights sha256[:8]> is used.
     """
-    from ..export.manifest import read_manifest
     from ..export.pipeline import default_out_dir
 
     base = default_out_dir(cfg["model"], size)
@@ -141,8 +138,6 @@ def plan_export(folder: Path, explicit: bool, cfg: dict[str, Any], size: tuple[i
     another checkpoint is a one-line error, a stale default folder (other checkpoint, or written by another segedge
     version) is re-exported whole."""
     from .. import __version__
-    from ..export.manifest import read_manifest
-
     notes: list[str] = []
     have: set[str] = set()
     if (folder / MANIFEST_NAME).is_file():
@@ -181,18 +176,5 @@ def run_export(folder: Path, cfg: dict[str, Any], size: tuple[int, int], missing
     return list(res.notes)
 
 
-def ensure_export(folder: Path, explicit: bool, cfg: dict[str, Any], size: tuple[int, int], wanted: Sequence[str],
-                  calib: CalibrationSource, calib_count: int | None, progress: Callable[[str], None]) -> \
-        tuple[dict[str, Any], list[str], list[str]]:
-    """Make `folder` hold every `wanted` target of this checkpoint at `size`; returns (manifest, exported, notes)."""
-    from ..export.manifest import read_manifest
-
-    missing, notes = plan_export(folder, explicit, cfg, size, wanted)
-    if missing:
-        notes += run_export(folder, cfg, size, missing, calib, calib_count, progress)
-    return read_manifest(folder), missing, notes
-
-
 __all__ = ["ArtifactFolder", "CalibrationSource", "calibration_source", "check_calibration", "default_folder",
-           "ensure_export",
            "manifest_mismatch", "plan_export", "present_targets", "read_artifact_folders", "run_export"]

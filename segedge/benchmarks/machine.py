@@ -105,8 +105,11 @@ def accelerators() -> dict[str, Any]:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Everything needed to read the numbers later: CPU, cores, threads used, memory, OS, versions, git commit."""
+    """Everything needed to read the numbers later: CPU, cores, threads used, memory, OS, versions, git commit and
+    the `segedge doctor` record."""
     import psutil
+
+    from ..doctor import environment_report
 
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -130,6 +133,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "libraries": library_versions(),
         "accelerators": accelerators(),
         "git": git_commit(),
+        "environment": environment_report(),  # the `segedge doctor --json` record: toolkits, ISA flags, targets
     }
 
 

@@ -54,7 +54,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the target described by `spec`, run it, and return memory figures (runs inside the child)."""
     import cv2
 
-    from .targets import REFERENCE, export_segmenter, make_sync, resolve_device, torch_segmenter
+    from .targets import REFERENCE, export_segmenter, resolve_device, torch_segmenter
 
     frame = cv2.imread(spec["frame"], cv2.IMREAD_COLOR)
     if frame is None:
@@ -77,10 +77,9 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         seg = export_segmenter(spec["folder"], spec["target"], spec.get("threads"), spec.get("postprocess", "fast"))
     load_s = time.perf_counter() - t0
-    sync = make_sync(seg)
     for _ in range(max(1, int(spec.get("iters", 3)))):
         seg.predict(frame)
-        sync()
+        seg.backend.synchronize()
     out = {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline, "load_s": load_s,
            "iters": int(spec.get("iters", 3)), "pid": os.getpid()}
     dev = str(getattr(seg.backend, "device", "cpu"))

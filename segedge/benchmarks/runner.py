@@ -1,39 +1,43 @@
 """`run_bench`: export what is missing, then measure every model × target on the same frames in one run.
 
 Order of work (each step finishes before the next starts, so nothing else runs while a clock is running):
-1. check the request (targets, dataset, sizes, --artifacts) and build the PyTorch reference of each model;
-2. export the targets each (model, size) lacks (export pipeline; INT8 calibrated on the train split or --calib);
-3. peak memory of each target in its own short-lived process (memprobe.py);
-4. latency: warm-up rounds, then timed rounds; in each round every model × target runs the same frame in a block
-   of --block consecutive calls (the steady state of a camera loop; an untimed call opens each block), in an order
-   rotated from round to round, so slow drift of the machine (thermal, other load) spreads over all targets
-   instead of favouring whichever ran first. Two clocks: inference alone (backend.run on a prepared
-   input) and end to end (cv2.imread → pre-process → inference → labels at frame size);
-5. accuracy on the evaluation frames: mIoU, per-class IoU and pixel accuracy against the labels, and the argmax
-   agreement with the FP32 PyTorch reference frame by frame;
-6. power on Jetson (tegrastats sampled in a background thread while one target runs alone), else skipped;
-7. the --sizes sweep: latency only, same rotating blocks, one size at a time.
+1. check the request (targets, dataset, sizes, --artifacts) and build the PyTorch reference of each model
+   (`_check_request`, `_resolve_models`);
+2. export the targets each (model, size) lacks (`_plan_exports`, `_run_exports`: the export pipeline; INT8
+   calibrated on the train split or --calib), then open every model × target (`_open_entries`);
+3. peak memory of each target in its own short-lived process (`_measure_memory`, memprobe.py);
+4. latency (`_time_main`, `time_entries`): rotating blocks (timing.py) of inference alone (backend.run on a prepared
+   input) and end to end (cv2.imread → pre-process → inference → labels at frame size), the device synchronised
+   (`backend.synchronize()`) inside each timed call;
+5. accuracy on the evaluation frames (`_measure_accuracy`, segedge.evaluation's loop): mIoU, per-class IoU and
+   pixel accuracy against the labels, and the argmax agreement with the FP32 PyTorch reference frame by frame;
+6. power on Jetson (`_measure_power`: tegrastats sampled in a background thread while one target runs alone);
+7. the --sizes sweep (`_time_sweep`): latency only, same rotating blocks, one size at a time;
+8. the results dict (`_rows`, `_models_out`, `_settings`): paths relative to the current directory when inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import DataError, SegedgeError
 from . import memprobe
-from .stats import PERCENTILE_METHOD, STD_DDOF, Agreement, latency_stats, miou_drop, ns_to_ms
-from .targets import (REFERENCE, artifact_bytes, export_segmenter, make_sync, path_bytes, resolve_device,
-                      same_backend, torch_segmenter)
+from .stats import PERCENTILE_METHOD, STD_DDOF, latency_stats, miou_drop, ns_to_ms
+from .targets import (REFERENCE, artifact_bytes, export_segmenter, path_bytes, portable_path, portable_spec,
+                      resolve_device, same_backend, torch_segmenter)
+from .timing import Call, time_blocks, timing_rounds
+
+if TYPE_CHECKING:
+    from ..evaluation import Evaluation
 
 RESULTS_FORMAT = "segedge-bench/1"
 DEFAULT_TARGETS = ("torch", "onnx", "ort-int8")
@@ -123,7 +127,6 @@ class Entry:
     target: str
     size: tuple[int, int]
     seg: Any
-    sync: Callable[[], Any]
     artifact: Path
     folder: Path | None
     precision: str
@@ -138,83 +141,54 @@ class Entry:
 
 def parse_targets(targets: Sequence[str] | str) -> list[str]:
     """Target names, `torch` first (always present), duplicates dropped; unknown names are a one-line error."""
-    from ..export.targets import list_targets
+    from ..export.targets import TARGETS
 
     if isinstance(targets, str):
         targets = targets.split(",")
     names = [t.strip().lower() for t in targets if t and t.strip()]
-    known = {t.name for t in list_targets()}
-    for n in names:
-        if n != REFERENCE and n not in known:
-            raise SegedgeError(f"unknown target '{n}': choose from {', '.join([REFERENCE, *sorted(known)])}")
-    out = [REFERENCE]
-    for n in names:
-        if n not in out:
-            out.append(n)
-    return out
+    for n in names:  # registry lookup: "did you mean …" for typos, plug-in targets included
+        if n != REFERENCE and n not in TARGETS:
+            raise SegedgeError(f"{TARGETS.unknown_message(n)}; {REFERENCE} (the FP32 PyTorch reference) is always "
+                               "measured")
+    return _unique([REFERENCE, *(n if n == REFERENCE else TARGETS.get(n).name for n in names)])
 
 
-def _settle(seconds: float) -> None:
-    # A short pause before each timed call lets the previous runtime's worker threads (ONNX Runtime and OpenMP
-    # pools spin-wait after a run) go idle, so they do not compete with the target being timed.
-    if seconds > 0:
-        time.sleep(seconds)
+# ------------------------------------------------------------------------------------------------ timing
+def time_entries(entries: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], warmup: int, iters: int,
+                 settle_s: float = 0.0, on_round: Callable[[int], None] | None = None, block: int = 1) -> None:
+    """Time every entry in rotating blocks (`timing.time_blocks`): in round r, on frame r, first inference alone
+    of every entry (backend.run on the frame prepared beforehand), then end to end (cv2.imread of the frame file →
+    Segmenter.predict → labels at frame size); each call waits for the device (`backend.synchronize()`).
 
-
-def timing_rounds(warmup: int, iters: int, block: int) -> int:
-    """How many rounds `time_round_robin` makes (for progress bars)."""
-    return warmup + math.ceil(iters / max(1, block))
-
-
-def time_round_robin(entries: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], warmup: int, iters: int,
-                     settle_s: float = 0.0, on_round: Callable[[int], None] | None = None, block: int = 1) -> None:
-    """Warm-up rounds, then timed rounds; in each round every entry runs a block of `block` consecutive calls,
-    starting at an entry that rotates from round to round, until each entry has `iters` timed calls.
-
-    With block > 1 an untimed call opens every block: the first call after another model ran meets caches full of
-    that model's weights and activations, which a camera loop running one model never does (B0 FP32 measured
-    ~20 % slower per call when interleaved call by call on a 2-core Xeon). Rotating blocks still spreads slow
-    drift of the machine over all entries. Fills `entry.infer_ns` (backend.run on a prepared input, device
-    synchronised) and `entry.e2e_ns` (cv2.imread of the frame file → Segmenter.predict → labels at frame size).
+    Fills `entry.infer_ns` and `entry.e2e_ns` with `iters` durations each (ns); warm-up rounds are discarded.
     """
-    k = len(entries)
-    block = max(1, int(block))
-    gc_was_enabled = gc.isenabled()
-    timed = 0
-    try:
-        for r in range(timing_rounds(warmup, iters, block)):
-            warm = r < warmup
-            n = 1 if warm else min(block, iters - timed)
-            lead = 0 if warm or block == 1 else 1  # untimed call opening each block
-            path, frame = frames[r % len(frames)]
-            order = [entries[(r + j) % k] for j in range(k)]
-            gc.collect()
-            gc.disable()  # no collector pause inside a timed call (timeit does the same)
+    phases = [lambda e, r: _inference_call(e.seg, frames[r % len(frames)][1]),
+              lambda e, r: _end_to_end_call(e.seg, frames[r % len(frames)][0])]
+    infer, e2e = time_blocks(entries, phases, warmup, iters, block, settle_s, on_round)
+    for e, infer_ns, e2e_ns in zip(entries, infer, e2e):
+        e.infer_ns.extend(infer_ns)
+        e.e2e_ns.extend(e2e_ns)
 
-            def block_of(e: Entry, call: Callable[[], Any], sink: list[int]) -> None:
-                for c in range(lead + n):
-                    _settle(settle_s)
-                    t0 = time.perf_counter_ns()
-                    call()
-                    e.sync()
-                    t1 = time.perf_counter_ns()
-                    if not warm and c >= lead:
-                        sink.append(t1 - t0)
 
-            for e in order:
-                x = e.seg.prepare(frame)
-                block_of(e, lambda: e.seg.backend.run(x), e.infer_ns)
-            for e in order:
-                block_of(e, lambda: e.seg.predict(cv2.imread(path, cv2.IMREAD_COLOR)), e.e2e_ns)
-            if not warm:
-                timed += n
-            if gc_was_enabled:
-                gc.enable()
-            if on_round:
-                on_round(r + 1)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+def _inference_call(seg: Any, frame: np.ndarray) -> Call:
+    """backend.run on `frame` pre-processed now (untimed), then a device sync."""
+    x = seg.prepare(frame)
+    backend = seg.backend
+
+    def call() -> None:
+        backend.run(x)
+        backend.synchronize()
+
+    return call
+
+
+def _end_to_end_call(seg: Any, path: str) -> Call:
+    """Read the frame file, predict labels at the frame's size, then a device sync."""
+    def call() -> None:
+        seg.predict(cv2.imread(path, cv2.IMREAD_COLOR))
+        seg.backend.synchronize()
+
+    return call
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -229,6 +203,31 @@ class _Model:
     weights_bytes: int
     folders: dict[tuple[int, int], Path] = field(default_factory=dict)
     exported: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Request:
+    """The checked request: models, targets, device and the evaluated dataset."""
+
+    models: list[str]
+    weights: list[str | None]
+    targets: list[str]
+    device: str
+    postprocess: str
+    power_mode: str
+    data: Path
+    ds: Any
+    indices: list[int]
+    given: dict[tuple[str, tuple[int, int]], Any]  # --artifacts folders by (model, size)
+
+    @property
+    def export_targets(self) -> list[str]:
+        """The targets that come from an export folder (all but the PyTorch reference)."""
+        return [t for t in self.targets if t != REFERENCE]
+
+
+# One row of the export plan: (model, size, the folder serving it, the targets that folder lacks)
+_Plan = tuple[_Model, tuple[int, int], Path, list[str]]
 
 
 def _clean(obj: Any) -> Any:
@@ -247,15 +246,19 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _unique(items: Sequence[Any]) -> list[Any]:
+    """Items in order, duplicates dropped."""
+    out: list[Any] = []
+    for x in items:
+        if x not in out:
+            out.append(x)
+    return out
+
+
 def _validate_sizes(name: str, sizes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     from ..models import validate_input_size
 
-    out = []
-    for s in sizes:
-        v = validate_input_size(name, s)
-        if v not in out:
-            out.append(v)
-    return out
+    return _unique([validate_input_size(name, s) for s in sizes])
 
 
 def _weights_list(cfg: BenchConfig) -> list[str | None]:
@@ -292,25 +295,7 @@ def _timing_frames(ds: Any, indices: Sequence[int], count: int) -> list[tuple[st
     return frames
 
 
-def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run the whole benchmark (see module docstring) and return the results dict (schema: schema.py)."""
-    import torch
-
-    from ..data.datasets import open_dataset
-    from ..data.metrics import ConfusionMatrix
-    from ..models import create_model, get_spec, validate_input_size
-    from ..models.complexity import CONVENTION, count_flops, count_params
-    from ..runtime.postprocess import check_mode
-    from .artifacts import (calibration_source, check_calibration, default_folder, plan_export, read_artifact_folders,
-                            run_export)
-    from .machine import machine_info
-    from .tegrastats import TegrastatsSampler, power_summary, tegrastats_path
-
-    ui = reporter or Reporter()
-    notes: list[str] = []
-    t_start = time.perf_counter()
-
-    # 1. the request ------------------------------------------------------------------------------------------
+def _check_numbers(cfg: BenchConfig) -> None:
     if cfg.iters < 1:
         raise SegedgeError(f"--iters must be at least 1, got {cfg.iters}")
     if cfg.warmup < 0:
@@ -319,6 +304,19 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
         raise SegedgeError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.threads is not None and cfg.threads < 1:
         raise SegedgeError(f"--threads must be at least 1, got {cfg.threads}")
+
+
+def _check_request(cfg: BenchConfig) -> _Request:
+    """Every check on the request that needs no model built yet; opens the evaluated dataset."""
+    import torch
+
+    from ..data.datasets import open_dataset
+    from ..models import get_spec
+    from ..runtime.postprocess import check_mode
+    from .artifacts import read_artifact_folders
+    from .tegrastats import tegrastats_path
+
+    _check_numbers(cfg)
     postprocess = check_mode(cfg.postprocess)
     power_mode = str(cfg.power).lower()
     if power_mode not in ("auto", "on", "off"):
@@ -326,14 +324,9 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))  # exports and the reference then use the requested threads too
     targets = parse_targets(cfg.targets)
-    export_targets = [t for t in targets if t != REFERENCE]
     if not cfg.models:
         raise SegedgeError("no model given: pass --model NAME[,NAME…]")
-    models = []
-    for m in cfg.models:
-        name = get_spec(m).name
-        if name not in models:
-            models.append(name)
+    models = _unique([get_spec(m).name for m in cfg.models])
     weights = _weights_list(cfg)
     device = resolve_device(cfg.device)
     data = Path(cfg.data)
@@ -344,10 +337,17 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
     given = read_artifact_folders(list(cfg.artifacts), models)
     if power_mode == "on" and tegrastats_path() is None:
         raise SegedgeError("--power on needs tegrastats (NVIDIA Jetson); use --power auto or off here")
+    return _Request(models, weights, targets, device, postprocess, power_mode, data, ds, indices, given)
 
-    # 2. models, sizes, complexity (no output yet: every input problem is found before the first progress line)
+
+def _resolve_models(cfg: BenchConfig, req: _Request, notes: list[str]) -> list[_Model]:
+    """Build each model's PyTorch reference and its benchmarked sizes (no output yet: every input problem is found
+    before the first progress line)."""
+    from ..models import create_model, validate_input_size
+
+    ds = req.ds
     states: list[_Model] = []
-    for name, w in zip(models, weights):
+    for name, w in zip(req.models, req.weights):
         module = create_model(name, weights=w if w is not None else "default").eval()
         mcfg = module.pretrained_cfg
         if int(mcfg["num_classes"]) != ds.num_classes:
@@ -360,30 +360,41 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
         if w is None:
             notes.append(f"{name}: no --weights given, used the embedded demo checkpoint {Path(wpath).name}")
     by_name = {st.name: st for st in states}
-    for key, af in given.items():
+    for key, af in req.given.items():
         if key[1] not in by_name[key[0]].complexity:
             notes.append(f"--artifacts {af.folder} ({key[1][0]}x{key[1][1]}) is not at a benchmarked size "
                          f"of {key[0]}: unused")
+    return states
 
-    # Which folder serves each (model, size), what it lacks, and whether INT8 can be calibrated.
-    plans: list[tuple[_Model, tuple[int, int], Path, list[str]]] = []
-    calib = None
-    if export_targets:
-        calib = calibration_source(cfg.calib, cfg.dataset, data, ds, cfg.num_classes)
-        for st in states:
-            for s in st.complexity:
-                af = given.get((st.name, s))
-                if af:
-                    folder = af.folder
-                else:
-                    folder, note = default_folder(st.cfg, s)
-                    if note:
-                        notes.append(note)
-                missing, plan_notes = plan_export(folder, af is not None, st.cfg, s, export_targets)
-                check_calibration(missing, calib, st.name)
-                notes.extend(plan_notes)
-                st.folders[s] = folder
-                plans.append((st, s, folder, missing))
+
+def _plan_exports(cfg: BenchConfig, req: _Request, states: Sequence[_Model], notes: list[str]) -> \
+        tuple[Any, list[_Plan]]:
+    """Which folder serves each (model, size), what it lacks, and whether INT8 can be calibrated: (calib, plans)."""
+    from .artifacts import calibration_source, check_calibration, default_folder, plan_export
+
+    if not req.export_targets:
+        return None, []
+    plans: list[_Plan] = []
+    calib = calibration_source(cfg.calib, cfg.dataset, req.data, req.ds, cfg.num_classes)
+    for st in states:
+        for s in st.complexity:
+            af = req.given.get((st.name, s))
+            if af:
+                folder = af.folder
+            else:
+                folder, note = default_folder(st.cfg, s)
+                if note:
+                    notes.append(note)
+            missing, plan_notes = plan_export(folder, af is not None, st.cfg, s, req.export_targets)
+            check_calibration(missing, calib, st.name)
+            notes.extend(plan_notes)
+            st.folders[s] = folder
+            plans.append((st, s, folder, missing))
+    return calib, plans
+
+
+def _count_complexity(states: Sequence[_Model], ui: Reporter) -> None:
+    from ..models.complexity import count_flops
 
     with ui.task("counting parameters and MACs", sum(len(st.complexity) for st in states)) as advance:
         for st in states:
@@ -391,226 +402,130 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
                 st.complexity[s] = count_flops(st.module, s)
                 advance()
 
-    # 3. exports ----------------------------------------------------------------------------------------------
-    assert calib is not None or not plans
+
+def _run_exports(plans: Sequence[_Plan], calib: Any, cfg: BenchConfig, ui: Reporter, notes: list[str]) -> None:
+    """Export what each plan lacks (or log the reuse of a complete folder)."""
+    from .artifacts import run_export
+
     for st, s, folder, missing in plans:
         if not missing:
             ui.log(f"reused {folder} for {st.name} {s[0]}x{s[1]}")
             continue
         label = f"export {st.name} {s[0]}x{s[1]} ({', '.join(missing)}) to {folder}"
         with ui.task(label) as advance:
-            notes.extend(run_export(folder, st.cfg, s, missing, calib, cfg.calib_count,  # type: ignore[arg-type]
+            notes.extend(run_export(folder, st.cfg, s, missing, calib, cfg.calib_count,
                                     lambda msg, _a=advance, _l=label: _a(0, f"{_l}: {msg}")))
         st.exported[s] = missing
 
-    def open_entries(size_of: Callable[[_Model], tuple[int, int] | None]) -> list[Entry]:
-        entries = []
-        for st in states:
-            s = size_of(st)
-            if s is None:
-                continue
-            for t in targets:
-                if t == REFERENCE:
-                    seg = torch_segmenter(st.module, s, cfg.threads, device, postprocess)
-                    entries.append(Entry(st.name, t, s, seg, make_sync(seg), Path(st.weights_path), None, "fp32"))
-                else:
-                    folder = st.folders[s]
-                    seg = export_segmenter(folder, t, cfg.threads, postprocess)
-                    if seg.info.input_size != s or (seg.info.model and seg.info.model != st.name):
-                        raise SegedgeError(f"{folder} target {t} runs {seg.info.model} at {seg.info.input_size}, "
-                                           f"expected {st.name} at {s}; re-export it")
-                    from ..export.manifest import read_manifest
 
-                    entry = read_manifest(folder)["targets"][t]
-                    entries.append(Entry(st.name, t, s, seg, make_sync(seg), folder / entry["file"], folder,
-                                         str(entry.get("precision") or seg.info.precision or "?")))
-        return entries
+def _open_entry(st: _Model, target: str, size: tuple[int, int], threads: int | None, req: _Request) -> Entry:
+    """Load one model × target at `size`: the PyTorch reference, or the target of the model's export folder."""
+    from ..contract import read_manifest
 
-    # 4. load the main-size entries ---------------------------------------------------------------------------
-    with ui.task("loading every model × target", len(states) * len(targets)) as advance:
-        main = open_entries(lambda st: st.size)
-        advance(len(main))
-    frames = _timing_frames(ds, indices, min(len(indices), cfg.iters))
+    if target == REFERENCE:
+        seg = torch_segmenter(st.module, size, threads, req.device, req.postprocess)
+        return Entry(st.name, target, size, seg, Path(st.weights_path), None, "fp32")
+    folder = st.folders[size]
+    seg = export_segmenter(folder, target, threads, req.postprocess)
+    if seg.info.input_size != size or (seg.info.model and seg.info.model != st.name):
+        raise SegedgeError(f"{folder} target {target} runs {seg.info.model} at {seg.info.input_size}, "
+                           f"expected {st.name} at {size}; re-export it")
+    entry = read_manifest(folder)["targets"][target]
+    return Entry(st.name, target, size, seg, folder / entry["file"], folder,
+                 str(entry.get("precision") or seg.info.precision or "?"))
 
-    # 5. isolated peak memory -------------------------------------------------------------------------------
-    mem: dict[tuple, dict[str, Any]] = {}
-    if cfg.memory:
-        specs = []
-        for e in main:
-            backend_mod = BACKEND_MODULES.get(getattr(e.seg.backend, "name", ""), "")
-            specs.append({"target": e.target, "model": e.model, "weights": by_name[e.model].weights_path,
-                          "folder": str(e.folder) if e.folder else None, "input_size": list(e.size),
-                          "threads": cfg.threads, "device": device, "postprocess": postprocess,
-                          "frame": frames[0][0], "iters": cfg.memory_iters,
-                          "runtime_modules": [backend_mod] if backend_mod else []})
-        with ui.task("peak memory, one fresh process per target", len(specs)) as advance:
-            # Peak RSS is a per-process high-water mark, so probes may overlap; they never overlap timing.
-            res = memprobe.run_probes(specs, workers=min(2, len(specs)), on_done=lambda n: advance())
-        for e, r in zip(main, res):
-            mem[e.key] = r
-            if "error" in r:
-                notes.append(f"memory of {e.model}/{e.target}: {r['error']}")
 
-    # 6. latency at the main sizes ----------------------------------------------------------------------------
-    settle_s = max(0.0, cfg.settle_ms) / 1000.0
+def _open_entries(states: Sequence[_Model], sizes: dict[str, tuple[int, int]], threads: int | None,
+                  req: _Request) -> list[Entry]:
+    """Every target of each model named in `sizes`, at that size (models absent from `sizes` are skipped)."""
+    return [_open_entry(st, t, sizes[st.name], threads, req) for st in states if st.name in sizes
+            for t in req.targets]
+
+
+def _close(entries: Sequence[Entry]) -> None:
+    """Release every entry's runtime session (its Segmenter refuses to run afterwards)."""
+    for e in entries:
+        e.seg.backend.close()
+
+
+def _measure_memory(main: Sequence[Entry], states: Sequence[_Model], frames: Sequence[tuple[str, np.ndarray]],
+                    cfg: BenchConfig, req: _Request, ui: Reporter, notes: list[str]) -> dict[tuple, dict[str, Any]]:
+    """Peak RSS of each entry in a fresh process (probes may overlap each other; they never overlap timing)."""
+    weights = {st.name: st.weights_path for st in states}
+    specs = []
+    for e in main:
+        backend_mod = BACKEND_MODULES.get(getattr(e.seg.backend, "name", ""), "")
+        specs.append({"target": e.target, "model": e.model, "weights": weights[e.model],
+                      "folder": str(e.folder) if e.folder else None, "input_size": list(e.size),
+                      "threads": cfg.threads, "device": req.device, "postprocess": req.postprocess,
+                      "frame": frames[0][0], "iters": cfg.memory_iters,
+                      "runtime_modules": [backend_mod] if backend_mod else []})
+    with ui.task("peak memory, one fresh process per target", len(specs)) as advance:
+        res = memprobe.run_probes(specs, workers=min(2, len(specs)), on_done=lambda n: advance())
+    mem = {}
+    for e, r in zip(main, res):
+        mem[e.key] = r
+        if "error" in r:
+            notes.append(f"memory of {e.model}/{e.target}: {r['error']}")
+    return mem
+
+
+def _time_main(main: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], cfg: BenchConfig,
+               ui: Reporter) -> None:
     rounds = timing_rounds(cfg.warmup, cfg.iters, cfg.block)
     with ui.task(f"timing {len(main)} model × target pairs, {cfg.warmup} warm-up + {cfg.iters} timed calls each "
                  f"in blocks of {cfg.block}", rounds) as advance:
-        time_round_robin(main, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance(), block=cfg.block)
+        time_entries(main, frames, cfg.warmup, cfg.iters, _settle_s(cfg), on_round=lambda r: advance(),
+                     block=cfg.block)
 
-    # 7. accuracy ---------------------------------------------------------------------------------------------
-    exact = {e.key: same_backend(e.seg, "exact") for e in main}
-    cms = {e.key: ConfusionMatrix(ds.num_classes, ds.ignore_index) for e in main}
-    agree = {e.key: Agreement() for e in main}
-    evaluated = skipped = 0
+
+def _settle_s(cfg: BenchConfig) -> float:
+    return max(0.0, cfg.settle_ms) / 1000.0
+
+
+def _measure_accuracy(main: Sequence[Entry], req: _Request, ui: Reporter, notes: list[str]) -> "Evaluation":
+    """mIoU etc. of every entry ('exact' post-processing) and its agreement with its model's reference, in one
+    pass over the evaluation frames (segedge.evaluation.evaluate_predictors)."""
+    from ..evaluation import dataset_samples, evaluate_predictors
+
+    ds, indices = req.ds, req.indices
+    predictors = {e.key: same_backend(e.seg, "exact").predict for e in main}
+    references = {e.key: (e.model, REFERENCE, e.size) for e in main}
     with ui.task(f"accuracy on {len(indices)} {ds.name}/{ds.split} frames", len(indices)) as advance:
-        for i in indices:
-            try:
-                img, lab = ds[i]
-            except DataError:
-                skipped += 1
-                advance()
-                continue
-            for st in states:
-                ref_key = (st.name, REFERENCE, st.size)
-                ref = exact[ref_key].predict(img)
-                for e in main:
-                    if e.model != st.name:
-                        continue
-                    pred = ref if e.target == REFERENCE else exact[e.key].predict(img)
-                    cms[e.key].update(pred, lab)
-                    agree[e.key].update(pred, ref)
-            evaluated += 1
-            advance()
-    if skipped:
-        notes.append(f"{skipped} unreadable or mismatched evaluation sample(s) skipped")
-    if not evaluated:
+        res = evaluate_predictors(predictors, dataset_samples(ds, indices), ds.num_classes, ds.class_names,
+                                  ds.ignore_index, references, progress=lambda n: advance())
+    if res.skipped:
+        notes.append(f"{res.skipped} unreadable or mismatched evaluation sample(s) skipped")
+    if not res.frames:
         raise DataError(f"no evaluation sample of {ds.name}/{ds.split} could be read")
+    return res
 
-    # 8. power ------------------------------------------------------------------------------------------------
+
+def _measure_power(main: Sequence[Entry], frames: Sequence[tuple[str, np.ndarray]], cfg: BenchConfig,
+                   power_mode: str, ui: Reporter, notes: list[str]) -> tuple[dict[tuple, Any], str]:
+    """Power per entry from tegrastats on a Jetson (else skipped): ({key: summary}, how it was measured)."""
+    from .tegrastats import TegrastatsSampler, tegrastats_path
+
     power: dict[tuple, dict[str, Any] | None] = {}
-    power_status = "skipped: --power off"
-    if power_mode != "off":
-        if tegrastats_path() is None:
-            power_status = "skipped: tegrastats not found (power is measured on NVIDIA Jetson only)"
-        else:
-            power_status = "tegrastats, 100 ms interval, input rail (VDD_IN / POM_5V_IN) or the sum of rails"
-            with TegrastatsSampler(100) as sampler, ui.task("power per target (tegrastats)", len(main)) as advance:
-                sampler.wait_for_samples(2)
-                for e in main:
-                    power[e.key] = _measure_power(e, frames, sampler, max(cfg.iters, 10), power_summary)
-                    advance()
-            if not any(power.values()):
-                notes.append("tegrastats ran but printed no power rails (does it need sudo on this board?)")
-
-    # 9. the sweep --------------------------------------------------------------------------------------------
-    sweep_rows: list[dict[str, Any]] = []
-    sweep_sizes = []
-    for s in cfg.sizes:
-        if s not in sweep_sizes:
-            sweep_sizes.append(s)
-    main_by_key = {e.key: e for e in main}
-    for s in sweep_sizes:
-        ents: list[Entry] = []
-        if any(st.size != s for st in states):
-            ents = open_entries(lambda st, _s=s: None if st.size == _s else validate_input_size(st.name, _s))
-            with ui.task(f"sweep {s[0]}x{s[1]}: {cfg.warmup} warm-up + {cfg.iters} timed calls each",
-                         timing_rounds(cfg.warmup, cfg.iters, cfg.block)) as advance:
-                time_round_robin(ents, frames, cfg.warmup, cfg.iters, settle_s, on_round=lambda r: advance(),
-                                 block=cfg.block)
-        for st in states:
-            vs = validate_input_size(st.name, s)
-            for t in targets:
-                e = main_by_key.get((st.name, t, vs)) or next(x for x in ents if x.key == (st.name, t, vs))
-                sweep_rows.append({
-                    "model": st.name, "target": t, "input_size": list(vs), "precision": e.precision,
-                    "gmacs": st.complexity[vs]["gmacs"],
-                    "latency": {"inference": latency_stats(ns_to_ms(e.infer_ns)),
-                                "end_to_end": latency_stats(ns_to_ms(e.e2e_ns))},
-                    "same_run_as_main": st.size == vs,
-                })
-        del ents
-
-    # 10. assemble --------------------------------------------------------------------------------------------
-    rows = []
-    ref_miou = {}
-    metrics = {e.key: cms[e.key].compute(ds.class_names) for e in main}
-    for e in main:
-        if e.target == REFERENCE:
-            ref_miou[e.model] = metrics[e.key].miou
-    for e in main:
-        st = by_name[e.model]
-        m = metrics[e.key]
-        md = m.as_dict()
-        comp = st.complexity[e.size]
-        rows.append({
-            "model": e.model, "target": e.target, "reference": e.target == REFERENCE,
-            "input_size": list(e.size), "precision": e.precision,
-            "backend": e.seg.backend.describe(),
-            "artifact": str(e.artifact), "artifact_bytes": artifact_bytes(e.artifact) if e.folder else st.weights_bytes,
-            "exported_now": bool(e.folder) and e.target in st.exported.get(e.size, []),
-            "params": comp["params"], "gmacs": comp["gmacs"], "gflops": comp["gflops"],
-            "latency": {"inference": latency_stats(ns_to_ms(e.infer_ns)),
-                        "end_to_end": latency_stats(ns_to_ms(e.e2e_ns))},
-            "memory": mem.get(e.key),
-            "accuracy": {"miou": md["miou"], "pixel_acc": md["pixel_acc"], "mean_acc": md["mean_acc"],
-                         "per_class_iou": md["per_class_iou"], "frames": evaluated,
-                         "miou_drop": miou_drop(ref_miou[e.model], m.miou),
-                         "argmax_agreement": agree[e.key].value},
-            "power": power.get(e.key),
-        })
-    models_out = {}
-    for st in states:
-        comp = st.complexity[st.size]
-        models_out[st.name] = {
-            "family": st.cfg["family"], "weights": st.weights_path, "weights_sha256": st.cfg["weights_sha256"],
-            "num_classes": st.cfg["num_classes"], "class_names": list(ds.class_names),
-            "input_size": list(st.size), "params": count_params(st.module), "gmacs": comp["gmacs"],
-            "gflops": comp["gflops"],
-            "export_folders": {f"{s[0]}x{s[1]}": str(f) for s, f in st.folders.items()},
-        }
-    results = {
-        "format": RESULTS_FORMAT,
-        "created": _utc_now(),
-        "command": list(cfg.command),
-        "duration_s": time.perf_counter() - t_start,
-        "machine": machine_info(cfg.threads),
-        "settings": {
-            "dataset": ds.name, "data": str(data), "split": cfg.split, "eval_frames": evaluated,
-            "timing_frames": len(frames), "warmup": cfg.warmup, "iters": cfg.iters, "threads": cfg.threads,
-            "torch_threads": torch.get_num_threads(), "device": device, "targets": targets,
-            "postprocess_end_to_end": postprocess, "postprocess_accuracy": "exact",
-            "sizes": [list(s) for s in sweep_sizes],
-            "timing": (f"rotating blocks: each round runs every model × target {cfg.block} time(s) in a row on the "
-                       "same frame (plus one untimed call opening each block when blocks are longer than 1, so no "
-                       "timed call starts with another model's data in the caches), starting order rotated every "
-                       "round; time.perf_counter_ns; inference = backend.run on a prepared input; "
-                       "end to end = cv2.imread + pre-processing + inference + labels at frame size; device "
-                       f"synchronised; GC off inside rounds; {cfg.settle_ms:g} ms pause before each timed call"),
-            "latency_statistics": f"numpy percentile method '{PERCENTILE_METHOD}', std ddof={STD_DDOF}, "
-                                  "fps = 1000 / mean ms",
-            "settle_ms": cfg.settle_ms,
-            "block": cfg.block,
-            "memory": memprobe.METHOD.format(iters=cfg.memory_iters) if cfg.memory else "skipped (--no-memory)",
-            "power": power_status,
-            "accuracy": ("confusion matrix at the label resolution, logits upsampled bilinearly then argmax "
-                         "('exact'); classes absent from labels and predictions excluded from the mean; "
-                         "argmax agreement = share of pixels with the same label as the FP32 PyTorch reference"),
-            "calibration": calib.description if calib else None,
-            "calib_count": cfg.calib_count,
-            "flops_convention": CONVENTION,
-        },
-        "models": models_out,
-        "rows": rows,
-        "sweep": sweep_rows,
-        "notes": notes,
-    }
-    return _clean(results)
+    if power_mode == "off":
+        return power, "skipped: --power off"
+    if tegrastats_path() is None:
+        return power, "skipped: tegrastats not found (power is measured on NVIDIA Jetson only)"
+    with TegrastatsSampler(100) as sampler, ui.task("power per target (tegrastats)", len(main)) as advance:
+        sampler.wait_for_samples(2)
+        for e in main:
+            power[e.key] = _power_of(e, frames, sampler, max(cfg.iters, 10))
+            advance()
+    if not any(power.values()):
+        notes.append("tegrastats ran but printed no power rails (does it need sudo on this board?)")
+    return power, "tegrastats, 100 ms interval, input rail (VDD_IN / POM_5V_IN) or the sum of rails"
 
 
-def _measure_power(e: Entry, frames: Sequence[tuple[str, np.ndarray]], sampler: Any, min_frames: int,
-                   summarize: Callable[..., Any]) -> dict[str, Any] | None:
+def _power_of(e: Entry, frames: Sequence[tuple[str, np.ndarray]], sampler: Any, min_frames: int) -> \
+        dict[str, Any] | None:
     """Idle second, then the target alone for ≥ POWER_MIN_SECONDS and ≥ min_frames inferences."""
+    from .tegrastats import power_summary
+
     t_idle = time.perf_counter()
     time.sleep(1.0)
     idle = sampler.window(t_idle, time.perf_counter())
@@ -619,10 +534,166 @@ def _measure_power(e: Entry, frames: Sequence[tuple[str, np.ndarray]], sampler: 
     t0 = time.perf_counter()
     while n < min_frames or time.perf_counter() - t0 < POWER_MIN_SECONDS:
         e.seg.backend.run(x)
-        e.sync()
+        e.seg.backend.synchronize()
         n += 1
     t1 = time.perf_counter()
-    return summarize(sampler.window(t0, t1), t1 - t0, n, idle)
+    return power_summary(sampler.window(t0, t1), t1 - t0, n, idle)
+
+
+def _latency(e: Entry) -> dict[str, Any]:
+    return {"inference": latency_stats(ns_to_ms(e.infer_ns)), "end_to_end": latency_stats(ns_to_ms(e.e2e_ns))}
+
+
+def _time_sweep(states: Sequence[_Model], main: Sequence[Entry], sizes: Sequence[tuple[int, int]],
+                frames: Sequence[tuple[str, np.ndarray]], cfg: BenchConfig, req: _Request,
+                ui: Reporter) -> list[dict[str, Any]]:
+    """Latency of every model × target at each --sizes size, one size at a time (a model's own size is its main
+    measurement, not timed again); the sweep rows."""
+    from ..models import validate_input_size
+
+    rows: list[dict[str, Any]] = []
+    main_by_key = {e.key: e for e in main}
+    for s in sizes:
+        at = {st.name: validate_input_size(st.name, s) for st in states}
+        ents = _open_entries(states, {st.name: at[st.name] for st in states if st.size != s}, cfg.threads, req)
+        try:
+            if ents:
+                with ui.task(f"sweep {s[0]}x{s[1]}: {cfg.warmup} warm-up + {cfg.iters} timed calls each",
+                             timing_rounds(cfg.warmup, cfg.iters, cfg.block)) as advance:
+                    time_entries(ents, frames, cfg.warmup, cfg.iters, _settle_s(cfg), on_round=lambda r: advance(),
+                                 block=cfg.block)
+            by_key = {**{e.key: e for e in ents}, **main_by_key}
+            for st in states:
+                for t in req.targets:
+                    e = by_key[(st.name, t, at[st.name])]
+                    rows.append({"model": st.name, "target": t, "input_size": list(e.size), "precision": e.precision,
+                                 "gmacs": st.complexity[e.size]["gmacs"], "latency": _latency(e),
+                                 "same_run_as_main": st.size == e.size})
+        finally:
+            _close(ents)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ results
+def _rows(main: Sequence[Entry], states: Sequence[_Model], acc: "Evaluation", mem: dict[tuple, dict[str, Any]],
+          power: dict[tuple, Any]) -> list[dict[str, Any]]:
+    """One results row per main entry."""
+    by_name = {st.name: st for st in states}
+    ref_miou = {e.model: acc.metrics[e.key].miou for e in main if e.target == REFERENCE}
+    rows = []
+    for e in main:
+        st = by_name[e.model]
+        m = acc.metrics[e.key]
+        md = m.as_dict()
+        comp = st.complexity[e.size]
+        rows.append({
+            "model": e.model, "target": e.target, "reference": e.target == REFERENCE,
+            "input_size": list(e.size), "precision": e.precision,
+            "backend": e.seg.backend.describe(),
+            "artifact": portable_path(e.artifact),
+            "artifact_bytes": artifact_bytes(e.artifact) if e.folder else st.weights_bytes,
+            "exported_now": bool(e.folder) and e.target in st.exported.get(e.size, []),
+            "params": comp["params"], "gmacs": comp["gmacs"], "gflops": comp["gflops"],
+            "latency": _latency(e),
+            "memory": mem.get(e.key),
+            "accuracy": {"miou": md["miou"], "pixel_acc": md["pixel_acc"], "mean_acc": md["mean_acc"],
+                         "per_class_iou": md["per_class_iou"], "frames": acc.frames,
+                         "miou_drop": miou_drop(ref_miou[e.model], m.miou),
+                         "argmax_agreement": acc.agreement[e.key]},
+            "power": power.get(e.key),
+        })
+    return rows
+
+
+def _models_out(states: Sequence[_Model], ds: Any) -> dict[str, dict[str, Any]]:
+    """The `models` section: each checkpoint, its classes, complexity at its own size and export folders."""
+    from ..models.complexity import count_params
+
+    out = {}
+    for st in states:
+        comp = st.complexity[st.size]
+        out[st.name] = {
+            "family": st.cfg["family"], "weights": portable_path(st.weights_path),
+            "weights_sha256": st.cfg["weights_sha256"], "num_classes": st.cfg["num_classes"],
+            "class_names": list(ds.class_names), "input_size": list(st.size), "params": count_params(st.module),
+            "gmacs": comp["gmacs"], "gflops": comp["gflops"],
+            "export_folders": {f"{s[0]}x{s[1]}": portable_path(f) for s, f in st.folders.items()},
+        }
+    return out
+
+
+def _settings(cfg: BenchConfig, req: _Request, timing_frames: int, eval_frames: int,
+              sweep_sizes: Sequence[tuple[int, int]], power_status: str, calib: Any) -> dict[str, Any]:
+    """The `settings` section: how everything was measured."""
+    import torch
+
+    from ..models.complexity import CONVENTION
+
+    return {
+        "dataset": req.ds.name, "data": portable_path(req.data), "split": cfg.split, "eval_frames": eval_frames,
+        "timing_frames": timing_frames, "warmup": cfg.warmup, "iters": cfg.iters, "threads": cfg.threads,
+        "torch_threads": torch.get_num_threads(), "device": req.device, "targets": req.targets,
+        "postprocess_end_to_end": req.postprocess, "postprocess_accuracy": "exact",
+        "sizes": [list(s) for s in sweep_sizes],
+        "timing": (f"rotating blocks: each round runs every model × target {cfg.block} time(s) in a row on the "
+                   "same frame (plus one untimed call opening each block when blocks are longer than 1, so no "
+                   "timed call starts with another model's data in the caches), starting order rotated every "
+                   "round; time.perf_counter_ns; inference = backend.run on a prepared input; "
+                   "end to end = cv2.imread + pre-processing + inference + labels at frame size; device "
+                   f"synchronised; GC off inside rounds; {cfg.settle_ms:g} ms pause before each timed call"),
+        "latency_statistics": f"numpy percentile method '{PERCENTILE_METHOD}', std ddof={STD_DDOF}, "
+                              "fps = 1000 / mean ms",
+        "settle_ms": cfg.settle_ms,
+        "block": cfg.block,
+        "memory": memprobe.METHOD.format(iters=cfg.memory_iters) if cfg.memory else "skipped (--no-memory)",
+        "power": power_status,
+        "accuracy": ("confusion matrix at the label resolution, logits upsampled bilinearly then argmax "
+                     "('exact'); classes absent from labels and predictions excluded from the mean; "
+                     "argmax agreement = share of pixels with the same label as the FP32 PyTorch reference"),
+        "calibration": calib.description if calib else None,
+        "calib_count": cfg.calib_count,
+        "flops_convention": CONVENTION,
+    }
+
+
+def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the whole benchmark (see module docstring) and return the results dict (schema: schema.py)."""
+    from .machine import machine_info
+
+    ui = reporter or Reporter()
+    notes: list[str] = []
+    t_start = time.perf_counter()
+    req = _check_request(cfg)
+    states = _resolve_models(cfg, req, notes)
+    calib, plans = _plan_exports(cfg, req, states, notes)
+    _count_complexity(states, ui)
+    _run_exports(plans, calib, cfg, ui, notes)
+    with ui.task("loading every model × target", len(states) * len(req.targets)) as advance:
+        main = _open_entries(states, {st.name: st.size for st in states}, cfg.threads, req)
+        advance(len(main))
+    try:
+        frames = _timing_frames(req.ds, req.indices, min(len(req.indices), cfg.iters))
+        mem = _measure_memory(main, states, frames, cfg, req, ui, notes) if cfg.memory else {}
+        _time_main(main, frames, cfg, ui)
+        acc = _measure_accuracy(main, req, ui, notes)
+        power, power_status = _measure_power(main, frames, cfg, req.power_mode, ui, notes)
+        sweep_sizes = _unique(list(cfg.sizes))
+        sweep = _time_sweep(states, main, sweep_sizes, frames, cfg, req, ui)
+        rows = _rows(main, states, acc, mem, power)
+    finally:
+        _close(main)
+    return _clean({
+        "format": RESULTS_FORMAT,
+        "created": _utc_now(),
+        "command": [portable_spec(str(a)) for a in cfg.command],
+        "duration_s": time.perf_counter() - t_start,
+        "machine": machine_info(cfg.threads),
+        "settings": _settings(cfg, req, len(frames), acc.frames, sweep_sizes, power_status, calib),
+        "models": _models_out(states, req.ds),
+        "rows": rows,
+        "sweep": sweep,
+        "notes": notes,
+    })
 
 
 def _utc_now() -> str:
@@ -632,4 +703,4 @@ def _utc_now() -> str:
 
 
 __all__ = ["BenchConfig", "DEFAULT_TARGETS", "Entry", "RESULTS_FORMAT", "Reporter", "RichReporter", "parse_targets",
-           "run_bench", "time_round_robin"]
+           "run_bench", "time_entries"]

@@ -1,9 +1,9 @@
-"""Small pure functions behind the benchmark numbers: latency statistics, mIoU drop, argmax agreement."""
+"""Small pure functions behind the benchmark numbers: latency statistics and mIoU drop (argmax agreement is counted
+by `segedge.evaluation.Agreement`, with the accuracy loop)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,26 +50,4 @@ def miou_drop(reference_miou: float | None, target_miou: float | None) -> float 
     return float(reference_miou) - float(target_miou)
 
 
-@dataclass
-class Agreement:
-    """Running count of pixels where a target's labels equal the reference's labels."""
-
-    agree: int = 0
-    total: int = 0
-
-    def update(self, pred: np.ndarray, reference: np.ndarray) -> "Agreement":
-        """Add one frame (both label maps at the same size)."""
-        pred, reference = np.asarray(pred), np.asarray(reference)
-        if pred.shape != reference.shape:
-            raise ValueError(f"label maps differ in shape: {pred.shape} vs {reference.shape}")
-        self.agree += int(np.count_nonzero(pred == reference))
-        self.total += int(pred.size)
-        return self
-
-    @property
-    def value(self) -> float | None:
-        """Fraction of agreeing pixels, None before any frame."""
-        return self.agree / self.total if self.total else None
-
-
-__all__ = ["Agreement", "PERCENTILE_METHOD", "STD_DDOF", "latency_stats", "miou_drop", "ns_to_ms"]
+__all__ = ["PERCENTILE_METHOD", "STD_DDOF", "latency_stats", "miou_drop", "ns_to_ms"]

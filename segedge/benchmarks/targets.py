@@ -6,6 +6,8 @@ probe measures exactly what is timed.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +62,26 @@ def same_backend(seg: Any, postprocess: str) -> Any:
     return Segmenter(seg.backend, seg.info, postprocess)
 
 
-def make_sync(seg: Any) -> Any:
-    """A function that waits for the device to finish (CUDA/MPS for PyTorch); a no-op for synchronous runtimes."""
-    dev = str(getattr(seg.backend, "device", "cpu"))
-    if dev.startswith("cuda"):
-        import torch
+def portable_path(path: str | Path) -> str:
+    """`path` as results files should record it: relative to the current directory when it lies inside it (or was
+    typed as the current directory plus a relative part, e.g. `$PWD/../data`), else as given; never a resolved
+    absolute path of the working tree. Results written in a repository then carry no machine-specific paths."""
+    s = str(path)
+    if not os.path.isabs(s):
+        return s
+    cwd = os.getcwd()
+    real, real_cwd = os.path.realpath(s), os.path.realpath(cwd)
+    if real == real_cwd or real.startswith(real_cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(real, real_cwd)
+    if s.startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(s, cwd)
+    return s
 
-        return torch.cuda.synchronize
-    if dev == "mps":
-        import torch
 
-        return torch.mps.synchronize
-    return lambda: None
+def portable_spec(spec: str) -> str:
+    """A command-line value with each absolute path in it made portable (`portable_path`): a plain path, a
+    `DATASET:ROOT[:SPLIT]` spec or a comma-separated list of them."""
+    return "".join(portable_path(p) if p.startswith("/") else p for p in re.split(r"([,:])", spec))
 
 
 def path_bytes(path: str | Path) -> int:
@@ -98,5 +108,5 @@ def artifact_bytes(path: str | Path) -> int:
     return sum(path_bytes(f) for f in artifact_files(path))
 
 
-__all__ = ["REFERENCE", "artifact_bytes", "artifact_files", "export_segmenter", "make_sync", "path_bytes",
-           "resolve_device", "same_backend", "torch_segmenter"]
+__all__ = ["REFERENCE", "artifact_bytes", "artifact_files", "export_segmenter", "path_bytes",
+           "portable_path", "portable_spec", "resolve_device", "same_backend", "torch_segmenter"]

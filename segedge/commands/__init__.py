@@ -72,10 +72,27 @@ def resolve_input_size(model: str, text: Optional[str], default: Optional[tuple[
     return validate_input_size(spec.name, size)
 
 
+def replace_option(func: Any, name: str, option: Any) -> Any:
+    """A wrapper of the command `func` whose parameter `name` has `option` (a typer.Option) as its default, e.g. help
+    text generated from a registry when the command is registered."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(func)
+    params = [p.replace(default=option) if p.name == name else p for p in sig.parameters.values()]
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
 def echo_json(obj: Any) -> None:
     """Print an object as indented JSON on stdout, nothing else."""
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-__all__ = ["console", "echo_json", "err_console", "input_size_option", "json_option",
+__all__ = ["console", "echo_json", "replace_option", "err_console", "input_size_option", "json_option",
            "model_option", "num_classes_option", "parse_size_strict", "resolve_input_size", "weights_option"]

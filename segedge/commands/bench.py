@@ -129,5 +129,12 @@ def bench_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the CLI."""
-    app.command("bench")(bench_cmd)
+    """Add the command to the CLI; the --targets help lists every registered target (plug-ins included)."""
+    from ..export.targets import list_targets
+    from . import replace_option
+
+    names = ", ".join(t.name for t in list_targets())
+    option = typer.Option("torch,onnx,ort-int8", "--targets", "-t",
+                          help=f"Comma-separated: torch (FP32 PyTorch reference, always added) and export targets "
+                               f"({names}; `segedge export --help` describes them).")
+    app.command("bench")(replace_option(bench_cmd, "targets", option))

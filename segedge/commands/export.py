@@ -1,10 +1,15 @@
-"""`segedge export`: PyTorch → verified ONNX (FP32), ONNX Runtime INT8 and TensorRT-style Q/DQ, with a manifest."""
+"""`segedge export`: PyTorch → verified FP32 ONNX → every registered target, with a manifest.
+
+The `--target` help and the target-only flags (e.g. `--ov-precision`, `--ort-scope`) come from the target registry
+(segedge.export.targets): a target module that declares an option gets its flag here without any edit to this file.
+"""
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -14,14 +19,11 @@ def export_cmd(
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="Checkpoint (segedge, Hugging Face, NVlabs/mmseg, TopFormer); "
                                                "default: the embedded demo weights."),
-    target: str = typer.Option("onnx", "--target", "-t",
-                               help="Comma-separated targets: onnx (FP32), ort-int8 (ONNX Runtime CPU INT8, writes "
-                                    "the TensorRT-style qdq alongside), qdq, openvino (OpenVINO IR FP32: model.xml + "
-                                    ".bin), openvino-int8 (OpenVINO IR INT8 via NNCF; needs segedge\\[openvino])."),
+    target: str = typer.Option("onnx", "--target", "-t", help="Comma-separated targets (see below)."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="HEIGHTxWIDTH (default: the checkpoint's)."),
     calib: Optional[str] = typer.Option(None, "--calib",
                                         help="Calibration / check frames: image folder, video file, or "
-                                             "DATASET:ROOT[:SPLIT] (default: calib_data/)."),
+                                             "DATASET:ROOT[:SPLIT] (default: the synthetic street frames shipped with segedge)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Calibration frames to use (default 32)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax | entropy | percentile"),
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the frame selection."),
@@ -41,17 +43,14 @@ def export_cmd(
     quantize_all: bool = typer.Option(False, "--quantize-all",
                                       help="INT8: also quantize LayerNorm, Softmax, the classifier and last Resize "
                                            "(ort-int8: with every quantizable op unless --ort-scope conv)."),
-    ort_scope: str = typer.Option("auto", "--ort-scope",
-                                  help="ort-int8: which ops run in INT8: auto (per model family, the fastest "
-                                       "measured: conv for SegFormer, all for TopFormer), all quantizable ops, or "
-                                       "conv (dense convolutions and the Resize/Concat feeding them)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled dataset folder: adds mIoU per target."),
     val_count: int = typer.Option(32, "--val-count", min=1, help="Labelled frames used by --val."),
-    ov_precision: str = typer.Option("f32", "--ov-precision",
-                                     help="OpenVINO targets: inference precision hint of their check and default at "
-                                          "run time, f32 | bf16 (OpenVINO's own CPU default is bf16 where supported)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default exports/<model>-<H>x<W>)."),
+    replace: bool = typer.Option(False, "--replace",
+                                 help="Drop the folder's other targets when they were built from another graph "
+                                      "(default: refuse; targets still valid for the new graph are always kept)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON only."),
+    **target_options: Any,
 ) -> None:
     """Export a model; every artifact is checked against PyTorch on real frames and described in manifest.json."""
     import json
@@ -68,7 +67,8 @@ def export_cmd(
         calib_method=calib_method, calib_seed=calib_seed, video_step=video_step, opset=opset, dynamic=dynamic,
         dynamic_batch=dynamic_batch, io=io, raw_color=raw_color, upsample=upsample,
         keep_float=[k for k in (keep_float or "").split(",") if k.strip()], quantize_all=quantize_all,
-        val=val, val_count=val_count, out=out, ov_precision=ov_precision, ort_scope=ort_scope)
+        val=val, val_count=val_count, out=out, replace=replace,
+        target_options={k: v for k, v in target_options.items() if v is not None})
     t0 = time.perf_counter()
     with console.status("exporting", spinner="dots") as status:
         def progress(msg: str) -> None:
@@ -94,6 +94,31 @@ def export_cmd(
     typer.echo(f"  manifest: {Path(result.manifest_path)}")
 
 
+def _with_target_options(func: Any) -> Any:
+    """`func` with one keyword parameter per registered target option (a typer.Option each) in place of
+    `**target_options`, and the --target help listing every registered target."""
+    from ..export.targets import target_options, targets_help
+
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for i, p in enumerate(params):
+        if p.name == "target":
+            params[i] = p.replace(default=typer.Option("onnx", "--target", "-t", help=targets_help()))
+    for o in target_options():
+        # Default None: an option left unset is not "given", so it never trips the per-target check.
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                        default=typer.Option(None, o.flag, help=f"{o.help} Default: {o.default}.")))
+
+    def command(**kwargs: Any) -> None:
+        return func(**kwargs)
+
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = func.__doc__
+    command.__wrapped_command__ = func  # type: ignore[attr-defined]
+    return command
+
+
 def register(app: typer.Typer) -> None:
-    """Add the command to the CLI."""
-    app.command("export")(export_cmd)
+    """Add the command to the CLI, with the flags of every registered target option."""
+    app.command("export")(_with_target_options(export_cmd))

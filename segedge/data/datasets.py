@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, LabelRangeError
+from ..plugins import Registry
 
 IGNORE_INDEX = 255
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -287,17 +288,26 @@ def open_folder(root: Path, split: str = "val", strict: bool = False, num_classe
     return ds
 
 
-DATASETS: dict[str, Callable[..., SegDataset]] = {
-    "camvid": open_camvid, "cityscapes": open_cityscapes, "ade20k": open_ade20k, "folder": open_folder,
-}
+@dataclass(frozen=True)
+class DatasetReader:
+    """A registered dataset layout: its name and the function that opens a split of it."""
+
+    name: str
+    open: Callable[..., SegDataset]
+
+
+DATASETS: Registry[DatasetReader] = Registry("dataset", hint="choose one of")
+for _name, _fn in (("camvid", open_camvid), ("cityscapes", open_cityscapes), ("ade20k", open_ade20k),
+                   ("folder", open_folder)):
+    DATASETS.register(DatasetReader(_name, _fn))
 
 
 def open_dataset(name: str, root: str | Path, split: str = "val", **kwargs: object) -> SegDataset:
     """Open a dataset split by registry name; clear errors for unknown names and missing folders."""
-    key = name.lower()
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise DataError(DATASETS.unknown_message(name))
+    reader = DATASETS.get(name)
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}; pass --data pointing at the dataset root")
-    return DATASETS[key](root, split, **kwargs)
+    return reader.open(root, split, **kwargs)

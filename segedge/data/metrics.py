@@ -7,11 +7,18 @@ it is reported as NaN and excluded from the mean, as mmseg does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from .datasets import IGNORE_INDEX
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A NumPy view of an array or a torch tensor (detected without importing torch: the runtime has none)."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 class ConfusionMatrix:
@@ -22,10 +29,9 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.mat = np.zeros((num_classes, num_classes), np.int64)
 
-    def update(self, pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> "ConfusionMatrix":
+    def update(self, pred: Any, label: Any) -> "ConfusionMatrix":
         """Add a prediction/label pair (same shape, integer class ids)."""
-        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-        label = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        pred, label = _to_numpy(pred), _to_numpy(label)
         if pred.shape != label.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
         label = label.astype(np.int64).ravel()

@@ -3,7 +3,8 @@
 Sources (`load_calibration_frames`): a folder of images (recursive jpg/png/bmp/webp), a video file (every k-th
 frame), a dataset split (`"camvid:ROOT[:SPLIT]"`, or any object with `.samples[i].image_path` such as
 `segedge.data.datasets.open_dataset(...)`), or any iterable / callable yielding BGR uint8 frames (or
-(frame, label) pairs). Default: `calib_data/` at the repository root (synthetic street scenes, see its README).
+(frame, label) pairs). Default: the synthetic street scenes shipped inside the package (`segedge/assets/frames/`,
+drawn by `calib_data/make_frames.py`; see `calib_data/README.md`), so an installed wheel exports from any directory.
 
 Statistics are computed ONCE per export folder with onnxruntime.quantization's calibrators (minmax | entropy |
 percentile, strided so memory stays bounded) and cached as `calibration.<method>.json`: tensor → [min, max], plus the
@@ -29,7 +30,8 @@ from ..runtime.preprocess import check_frame
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-DEFAULT_CALIB_DIR = Path(__file__).resolve().parents[2] / "calib_data"
+# Package data (see pyproject's package-data), found next to this module, never relative to cwd or a checkout.
+DEFAULT_CALIB_DIR = Path(__file__).resolve().parents[1] / "assets" / "frames"
 DEFAULT_CALIB_COUNT = 32
 DEFAULT_VIDEO_STEP = 15
 METHODS = ("minmax", "entropy", "percentile")
@@ -193,6 +195,14 @@ def _dataset_spec(text: str) -> tuple[str, str, str] | None:
     return name.lower(), root, split or "train"
 
 
+def default_calibration_dir() -> Path:
+    """The shipped default frames (package data); a DataError naming the fix when the install lacks them."""
+    if not DEFAULT_CALIB_DIR.is_dir() or not any(p.suffix.lower() in IMAGE_EXTS for p in DEFAULT_CALIB_DIR.iterdir()):
+        raise DataError(f"no calibration frames: the default frames shipped with segedge ({DEFAULT_CALIB_DIR}) are "
+                        "missing from this install; reinstall segedge, or pass --calib FOLDER|VIDEO")
+    return DEFAULT_CALIB_DIR
+
+
 def load_calibration_frames(source: Any = None, count: int | None = None, seed: int = 0,
                             video_step: int | None = None) -> CalibrationFrames:
     """Select up to `count` calibration frames from `source` (see module docstring); clear DataError on bad input."""
@@ -200,10 +210,7 @@ def load_calibration_frames(source: Any = None, count: int | None = None, seed: 
     if count <= 0:
         raise SegedgeError(f"--calib-count must be positive, got {count}")
     if source is None:
-        if not DEFAULT_CALIB_DIR.is_dir():
-            raise DataError(f"no calibration frames: the default folder {DEFAULT_CALIB_DIR} is missing; pass "
-                            "--calib FOLDER|VIDEO")
-        source = DEFAULT_CALIB_DIR
+        source = default_calibration_dir()
     if callable(source) and not hasattr(source, "samples"):
         source = source()
     if isinstance(source, (str, Path)):
@@ -284,11 +291,11 @@ def _ort_method(method: str) -> Any:
 
 
 def compute_ranges(model_path: str | Path, reader: FrameDataReader, method: str,
-                   stride: int = COLLECT_STRIDE) -> dict[str, list[float]]:
+                   stride: int = COLLECT_STRIDE, work_dir: str | Path | None = None) -> dict[str, list[float]]:
     """Run an onnxruntime calibrator over every float tensor of `model_path`; tensor name → [min, max]."""
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    with tempfile.TemporaryDirectory(prefix="segedge-calib-") as td:
+    with tempfile.TemporaryDirectory(prefix="segedge-calib-", dir=work_dir) as td:
         calibrator = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(td) / "augmented.onnx"),
                                        calibrate_method=_ort_method(method), extra_options={})
         for start in range(0, len(reader), stride):
@@ -377,31 +384,33 @@ def table_path(folder: str | Path, method: str) -> Path:
 
 def get_calibration_table(folder: str | Path, model_path: str | Path, graph_sha256: str, frames: CalibrationFrames,
                           make_input: Callable[[np.ndarray], np.ndarray], input_name: str, method: str, seed: int,
-                          progress: Callable[[str], None] | None = None) -> tuple[CalibrationTable, bool]:
-    """The folder's cached table when it matches (frames, method, count, graph), else calibrate and cache it.
-
-    Returns (table, reused).
+                          progress: Callable[[str], None] | None = None, save_to: str | Path | None = None,
+                          work_dir: str | Path | None = None) -> tuple[CalibrationTable, bool]:
+    """The folder's cached table when it matches (frames, method, count, graph), else calibrate and save the new table
+    in `save_to` (the export's staging folder, so the table is versioned with the export that uses it; default
+    `folder`). Returns (table, reused).
     """
-    from .manifest import tool_versions, utc_now
+    from ..contract import tool_versions, utc_now
 
     method = check_method(method)
     path = table_path(folder, method)
+    dest = table_path(save_to if save_to is not None else folder, method)
     if path.is_file():
         try:
             cached = CalibrationTable.load(path)
             if cached.matches(method, len(frames), frames.sha256, graph_sha256):
-                return cached, True
+                return cached, True  # the export carries the file over (a hard link) since it fits the graph
         except (ValueError, KeyError, TypeError, OSError):
             pass  # unreadable or foreign: recompute and overwrite
     if progress:
         progress(f"calibrating ({method}, {len(frames)} frames)")
     reader = FrameDataReader([make_input(f) for f in frames.frames], input_name)
     try:
-        ranges = compute_ranges(model_path, reader, method)
+        ranges = compute_ranges(model_path, reader, method, work_dir=work_dir)
     except MemoryError:
         raise ExportError(f"{method} calibration ran out of memory on {len(frames)} frames; lower --calib-count or "
                           "use --calib-method minmax") from None
     table = CalibrationTable(method, ranges, len(frames), seed, frames.source, frames.kind, frames.sha256,
                              graph_sha256, frames.names, utc_now(), tool_versions())
-    table.save(path)
+    table.save(dest)
     return table, False

@@ -1,37 +1,41 @@
 """`export_model`: PyTorch → verified FP32 ONNX → each requested target → manifest, committed all at once.
 
-Steps: resolve options (model, weights, size, io, dynamic axes, targets) → load check/calibration frames → trace
-(the raw-io wrapper when asked) → simplify → onnx.checker → compare with PyTorch on real frames (gate) → build
-each target from the registry → write manifest.json. Artifacts are staged in a hidden folder inside the output
-folder and moved into place only when every step has passed; the old manifest is removed first and the new one
-written last, so an interrupted or failed export never leaves a model.onnx / manifest.json that looks valid.
+Steps (one function each): resolve options (model, weights, size, io, targets and their own options) → load
+check/calibration frames → trace (the raw-io wrapper when asked) → simplify → onnx.checker → compare with PyTorch on
+real frames (gate) → build each target from the registry → write manifest.json. The folder's whole next state is
+built beside it and swapped in at once (segedge.export.folder), so an interrupted or failed export leaves the
+previous export complete and untouched; targets not re-exported are carried over while still valid for the new graph
+and otherwise refused (`--replace` drops them).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
-import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContract, Manifest, ModelContract,
+                        OutputContract, TargetEntry, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
 from ..io import sha256_file
 from ..models import create_model, default_weights, get_spec, parse_size, validate_input_size
-from ..runtime.backends.base import Backend
+from ..runtime.backends.base import Backend, InputSpec
 from ..runtime.preprocess import preprocess, to_raw_input
 from . import verify as _verify
+from ..testhooks import pause_point
 from .calibration import (DEFAULT_CALIB_COUNT, CalibrationFrames, check_method, get_calibration_table,
                           load_calibration_frames)
-from .manifest import (MANIFEST_FORMAT, MANIFEST_NAME, ManifestBuilder, read_manifest, tool_versions, utc_now)
-from .quantize import check_ort_scope
-from .targets import ExportContext, resolve_targets
+from .folder import FolderTransaction
+from .targets import ExportContext, TargetSpec, resolve_targets
+from .targets import resolve_option_values as _resolve_option_values
 from .torch2onnx import EXPORTER, MAX_OPSET, MIN_OPSET, check, export_module, opset_of, simplify
 from .wrappers import RawIOWrapper
 
@@ -39,7 +43,6 @@ IO_MODES = ("float", "raw")
 DEFAULT_OPSET = 17
 VERIFY_FRAMES = 4
 DEFAULT_VAL_COUNT = 32
-OV_PRECISIONS = ("f32", "bf16")  # OpenVINO CPU INFERENCE_PRECISION_HINT used to check the openvino* targets
 
 
 @dataclass
@@ -67,8 +70,10 @@ class ExportOptions:
     val_count: int | None = DEFAULT_VAL_COUNT
     out: str | Path | None = None
     verify_frames: int = VERIFY_FRAMES
-    ov_precision: str = "f32"  # openvino targets: inference precision hint of their check (f32 | bf16)
-    ort_scope: str = "auto"  # ort-int8: auto (per family) | all | conv, see segedge.export.quantize
+    replace: bool = False  # drop the folder's other targets when they no longer fit the new graph
+    # Options that only some targets take (TargetSpec.options), by name, e.g. {"ov_precision": "bf16",
+    # "ort_scope": "conv"}; one given for none of the requested targets is refused.
+    target_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,18 +103,21 @@ def default_out_dir(model: str, size: tuple[int, int], io: str = "float", dynami
 
 
 def _prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create output folder {out}: {e.strerror or e}; choose a writable --out") from None
-    if not out.is_dir():
+    """The output path must be a folder (or not exist yet) in a writable parent: the next state is staged beside it."""
+    if out.exists() and not out.is_dir():
         raise ExportError(f"output path {out} exists and is not a folder; choose another --out")
+    parent = Path(os.path.abspath(out)).parent
     try:
-        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=out)
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create output folder {out}: {e.strerror or e}; choose a writable --out") from e
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ExportError(f"output folder {out} is not writable ({e.strerror or e}); choose another --out") from None
+        raise ExportError(f"cannot write beside output folder {out} ({e.strerror or e}); choose a writable "
+                          "--out") from e
 
 
 def _val_pairs(val: Any, count: int | None, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -154,11 +162,47 @@ def _torch_reference(module: torch.nn.Module, raw: bool) -> Callable[[np.ndarray
     return run
 
 
-def export_model(options: ExportOptions, progress: Callable[[str], None] | None = None) -> ExportResult:
-    """Run one export (see module docstring); raises SegedgeError subclasses with one-line messages."""
-    say = progress or (lambda msg: None)
-    notes: list[str] = []
-    opts = options
+@dataclass
+class _Plan:
+    """An export's options once resolved and validated (step 1), shared by the steps that follow."""
+
+    opts: ExportOptions
+    spec: Any  # ModelSpec
+    model: torch.nn.Module
+    cfg: dict[str, Any]  # model.pretrained_cfg
+    size: tuple[int, int]
+    io: str
+    raw_color: str
+    targets: list[TargetSpec]
+    target_options: dict[str, Any]
+    method: str
+    needs_calib: bool
+    notes: list[str]
+
+    @property
+    def raw(self) -> bool:
+        return self.io == "raw"
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(v) for v in self.cfg["mean"]]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(v) for v in self.cfg["std"]]
+
+    @property
+    def io_names(self) -> tuple[str, str]:
+        return ("frames", "labels") if self.raw else ("input", "logits")
+
+    @property
+    def dynamic(self) -> DynamicAxes:
+        dyn_hw = bool(self.opts.dynamic)
+        return DynamicAxes(batch=bool(self.opts.dynamic or self.opts.dynamic_batch), height=dyn_hw, width=dyn_hw)
+
+
+def _check_options(opts: ExportOptions) -> tuple[Any, str, str]:
+    """Validate the flags that need no model: (spec, io, raw colour)."""
     spec = get_spec(opts.model)
     io = str(opts.io).lower()
     if io not in IO_MODES:
@@ -175,18 +219,13 @@ def export_model(options: ExportOptions, progress: Callable[[str], None] | None 
     if not MIN_OPSET <= int(opts.opset) <= MAX_OPSET:
         raise ExportError(f"opset {opts.opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (17 default, 16 for "
                           "TensorRT 8.5 / JetPack 5)")
-    targets = resolve_targets(opts.targets)
-    method = check_method(opts.calib_method)
-    needs_calib = any(t.needs_calibration for t in targets)
-    if not needs_calib and (opts.keep_float or opts.quantize_all):
-        notes.append("--keep-float / --quantize-all only affect INT8 targets (e.g. --target ort-int8); ignored")
     if opts.calib_count is not None and int(opts.calib_count) <= 0:
         raise SegedgeError(f"--calib-count must be positive, got {opts.calib_count}")
-    check_ort_scope(opts.ort_scope)
-    if str(opts.ov_precision).strip().lower() not in OV_PRECISIONS:
-        raise SegedgeError(f"--ov-precision must be one of {', '.join(OV_PRECISIONS)}, got '{opts.ov_precision}'")
+    return spec, io, raw_color
 
-    # Weights: an explicit checkpoint, else the embedded demo one (said so in the notes).
+
+def _load_model(spec: Any, opts: ExportOptions, notes: list[str]) -> tuple[torch.nn.Module, tuple[int, int]]:
+    """The model with its weights (the embedded demo checkpoint when none is given) and the validated input size."""
     weights = opts.weights
     if weights is None:
         demo = default_weights(spec.name)
@@ -195,235 +234,332 @@ def export_model(options: ExportOptions, progress: Callable[[str], None] | None 
                                   "pass --weights PATH (segedge, Hugging Face, NVlabs/mmseg or TopFormer checkpoint)")
         weights = demo
         notes.append(f"no --weights given: using the embedded demo checkpoint {demo.name}")
-    size = opts.input_size
     # Parse/validate the size before loading weights so a typo fails fast.
-    if size is not None:
-        size = validate_input_size(spec.name, parse_size(size))
-    say(f"loading {spec.name} weights")
+    size = validate_input_size(spec.name, parse_size(opts.input_size)) if opts.input_size is not None else None
     model = create_model(spec.name, weights=weights).eval()
-    cfg = model.pretrained_cfg
     if size is None:
-        size = validate_input_size(spec.name, parse_size(cfg["input_size"]))
+        size = validate_input_size(spec.name, parse_size(model.pretrained_cfg["input_size"]))
+    return model, size
+
+
+def _resolve(opts: ExportOptions, say: Callable[[str], None]) -> _Plan:
+    """Step 1: every option checked (cheap ones before the weights load), targets and their options resolved."""
+    notes: list[str] = []
+    spec, io, raw_color = _check_options(opts)
+    targets = resolve_targets(opts.targets)
+    target_options = _resolve_option_values(targets, dict(opts.target_options or {}))
+    method = check_method(opts.calib_method)
+    needs_calib = any(t.needs_calibration for t in targets)
+    if not needs_calib and (opts.keep_float or opts.quantize_all):
+        notes.append("--keep-float / --quantize-all only affect INT8 targets (e.g. --target ort-int8); ignored")
+    say(f"loading {spec.name} weights")
+    model, size = _load_model(spec, opts, notes)
+    cfg = model.pretrained_cfg
     if io == "raw" and cfg["num_classes"] > 256:
         raise ExportError(f"--io raw outputs uint8 labels, but {spec.name} has {cfg['num_classes']} classes; use "
                           "--io float")
+    return _Plan(opts, spec, model, cfg, size, io, raw_color, targets, target_options, method, needs_calib, notes)
 
-    out = Path(opts.out) if opts.out else default_out_dir(spec.name, size, io, opts.dynamic, opts.dynamic_batch,
-                                                         opts.opset)
-    created = not out.exists()
+
+def export_model(options: ExportOptions, progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Run one export (see module docstring); raises SegedgeError subclasses with one-line messages."""
+    say = progress or (lambda msg: None)
+    plan = _resolve(options, say)
+    opts = plan.opts
+    out = Path(opts.out) if opts.out else default_out_dir(plan.spec.name, plan.size, plan.io, opts.dynamic,
+                                                         opts.dynamic_batch, opts.opset)
     _prepare_out(out)
-    try:
-        return _export_into(out, opts, spec, cfg, model, size, io, raw_color, targets, method, needs_calib, notes,
-                            say)
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a failed export leaves no empty folder it made itself
-        raise
+    return _export_into(out, plan, say)
 
 
-def _export_into(out: Path, opts: ExportOptions, spec: Any, cfg: dict[str, Any], model: torch.nn.Module,
-                 size: tuple[int, int], io: str, raw_color: str, targets: list[Any], method: str, needs_calib: bool,
-                 notes: list[str], say: Callable[[str], None]) -> ExportResult:
-    """The export proper, once options are resolved and the output folder is known to be writable."""
-    h, w = size
-    # Frames: calibration needs `calib_count` of them; the PyTorch check uses the first few.
-    count = (opts.calib_count or DEFAULT_CALIB_COUNT) if needs_calib else max(1, opts.verify_frames)
-    say("reading calibration frames" if needs_calib else "reading check frames")
-    frames: CalibrationFrames = load_calibration_frames(opts.calib, count, opts.calib_seed, opts.video_step)
+def _make_input(frame: np.ndarray, size: tuple[int, int], raw: bool, raw_color: str, mean: Sequence[float],
+                std: Sequence[float]) -> np.ndarray:
+    """One BGR frame → one model-input batch, exactly as the runtime prepares it."""
+    return to_raw_input(frame, size, raw_color) if raw else preprocess(frame, size, mean, std)
+
+
+def _load_frames(plan: _Plan, say: Callable[[str], None]) -> CalibrationFrames:
+    """Step 2: calibration frames (`calib_count` of them) or the few check frames an FP32 export needs."""
+    opts = plan.opts
+    count = (opts.calib_count or DEFAULT_CALIB_COUNT) if plan.needs_calib else max(1, opts.verify_frames)
+    say("reading calibration frames" if plan.needs_calib else "reading check frames")
+    frames = load_calibration_frames(opts.calib, count, opts.calib_seed, opts.video_step)
     if frames.skipped:
-        notes.append(f"skipped {frames.skipped} unreadable image file(s) in {frames.source}")
-    if needs_calib and opts.calib_count and len(frames) < opts.calib_count:
-        notes.append(f"calibrating on {len(frames)} frames: only {len(frames)} found for --calib-count "
-                     f"{opts.calib_count}")
+        plan.notes.append(f"skipped {frames.skipped} unreadable image file(s) in {frames.source}")
+    if plan.needs_calib and opts.calib_count and len(frames) < opts.calib_count:
+        plan.notes.append(f"calibrating on {len(frames)} frames: only {len(frames)} found for --calib-count "
+                          f"{opts.calib_count}")
+    return frames
 
-    mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
-    raw = io == "raw"
-    module = RawIOWrapper(model, mean, std, raw_color, opts.upsample).eval() if raw else model
 
-    def make_input(frame: np.ndarray, at: tuple[int, int] = size) -> np.ndarray:
-        return to_raw_input(frame, at, raw_color) if raw else preprocess(frame, at, mean, std)
+def _dynamic_axes(plan: _Plan) -> dict[str, dict[int, str]] | None:
+    """torch.onnx dynamic_axes for the requested dynamic dimensions (None when static)."""
+    dyn = plan.dynamic
+    if not dyn.batch:
+        return None
+    input_name, output_name = plan.io_names
+    in_axes, out_axes = {0: "batch"}, {0: "batch"}
+    if dyn.height:
+        in_axes.update({1: "height", 2: "width"} if plan.raw else {2: "height", 3: "width"})
+        out_axes.update({1: "out_height", 2: "out_width"} if plan.raw else {2: "out_height", 3: "out_width"})
+    return {input_name: in_axes, output_name: out_axes}
 
-    input_name, output_name = ("frames", "labels") if raw else ("input", "logits")
-    dyn_hw = bool(opts.dynamic)
-    dyn_batch = bool(opts.dynamic or opts.dynamic_batch)
-    dynamic_axes = None
-    if dyn_batch:
-        in_axes = {0: "batch"}
-        out_axes = {0: "batch"}
-        if dyn_hw:
-            in_axes.update({1: "height", 2: "width"} if raw else {2: "height", 3: "width"})
-            out_axes.update({1: "out_height", 2: "out_width"} if raw else {2: "out_height", 3: "out_width"})
-        dynamic_axes = {input_name: in_axes, output_name: out_axes}
 
-    check_frames = frames.frames[:max(1, opts.verify_frames)]
-    batches = [make_input(f) for f in check_frames]
-    # Dynamic batch: trace with a batch of 2 (a batch-1 example can freeze the batch dim) and check batch 2 too.
-    example = torch.from_numpy(np.concatenate(batches[:2] if dyn_batch and len(batches) > 1 else
-                                              [batches[0]] * (2 if dyn_batch else 1)))
-    if dyn_batch:
+def _check_batches(plan: _Plan, frames: CalibrationFrames, make_input: Callable[..., np.ndarray]
+                   ) -> tuple[list[np.ndarray], torch.Tensor]:
+    """(check batches, trace example): the first frames, a batch of 2 when the batch is dynamic (a batch-1 example
+    can freeze the batch dim, so it is traced and checked with 2), and a second size when H/W are dynamic."""
+    dyn = plan.dynamic
+    batches = [make_input(f) for f in frames.frames[:max(1, plan.opts.verify_frames)]]
+    example = torch.from_numpy(np.concatenate(batches[:2] if dyn.batch and len(batches) > 1 else
+                                              [batches[0]] * (2 if dyn.batch else 1)))
+    if dyn.batch:
         batches.append(example.numpy())
-    if dyn_hw:  # check a second input size too
-        m = spec.size_multiple
-        batches.append(make_input(check_frames[0], (h + m, w + 2 * m)))
+    if dyn.height:
+        m, (h, w) = plan.spec.size_multiple, plan.size
+        batches.append(make_input(frames.frames[0], (h + m, w + 2 * m)))
+    return batches, example
 
-    stage = out / f".staging-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
+
+def _trace_fp32(plan: _Plan, module: torch.nn.Module, example: torch.Tensor, work: Path,
+                say: Callable[[str], None]) -> tuple[Any, str, str, Path]:
+    """Step 3: export, simplify and check the FP32 graph; (model, simplifier, graph sha256, staged path)."""
+    import onnx
+
+    say(f"exporting FP32 ONNX (opset {plan.opts.opset})")
+    input_name, output_name = plan.io_names
+    onnx_model = export_module(module, example, plan.opts.opset, input_name, output_name, _dynamic_axes(plan))
+    onnx_model, simplifier = simplify(onnx_model)
+    check(onnx_model)
+    graph_sha = hashlib.sha256(onnx_model.SerializeToString()).hexdigest()
+    fp32_path = work / "model.fp32-nometa.onnx"
+    onnx.save(onnx_model, str(fp32_path))
+    return onnx_model, simplifier, graph_sha, fp32_path
+
+
+def _contract(plan: _Plan, onnx_model: Any, simplifier: str, graph_sha: str) -> ModelContract:
+    """The model contract every artifact of this export carries."""
+    spec, cfg, opts, (h, w) = plan.spec, plan.cfg, plan.opts, plan.size
+    input_name, output_name = plan.io_names
+    upsampled = plan.raw and opts.upsample
+    stride = 1 if upsampled else spec.output_stride
+    return ModelContract(
+        format=MANIFEST_FORMAT, segedge_version=tool_versions()["segedge"], model=spec.name, family=spec.family,
+        weights={"path": str(cfg["weights"]), "sha256": cfg["weights_sha256"], "format": cfg["weights_format"],
+                 "embedded": opts.weights is None},
+        num_classes=cfg["num_classes"], class_names=list(cfg["class_names"]),
+        input=InputContract(
+            h, w, name=input_name, layout="NHWC" if plan.raw else "NCHW",
+            color_order=plan.raw_color if plan.raw else "RGB", dtype="uint8" if plan.raw else "float32",
+            mean=tuple(plan.mean), std=tuple(plan.std), io=plan.io, size_multiple=spec.size_multiple,
+            dynamic=plan.dynamic,
+            preprocess="resize to HxW (cv2.INTER_LINEAR), BGR->RGB, (x - mean) / std" + (
+                " (in-graph)" if plan.raw else "")),
+        output=OutputContract(kind="labels" if plan.raw else "logits", stride=stride,
+                              dtype="uint8" if plan.raw else "float32", name=output_name,
+                              size=(h // stride, w // stride)),
+        opset=opset_of(onnx_model), exporter=f"{EXPORTER}; simplified with {simplifier}", graph_sha256=graph_sha,
+        tool_versions=tool_versions(), created=utc_now())
+
+
+class _Checks:
+    """Every artifact's check against PyTorch: the reference outputs on the check batches (computed once: eager
+    PyTorch is the slow part) and, with --val, mIoU on labelled frames next to PyTorch's."""
+
+    def __init__(self, plan: _Plan, module: torch.nn.Module, batches: list[np.ndarray], contract: ModelContract,
+                 say: Callable[[str], None]) -> None:
+        self.plan, self.batches, self.contract, self.say = plan, batches, contract, say
+        ref = _torch_reference(module, plan.raw)
+        self.reference = [ref(x) for x in batches]
+        opts = plan.opts
+        self.val_pairs = _val_pairs(opts.val, opts.val_count, plan.cfg["num_classes"]) if opts.val is not None \
+            else None
+        self._torch_miou: float | None = None
+
+    def _miou(self, predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+        cfg = self.plan.cfg
+        return _verify.evaluate_miou(predict, self.val_pairs, cfg["num_classes"], cfg["class_names"])
+
+    def run_val(self, backend: Backend) -> dict[str, Any]:
+        """mIoU of `backend` on the labelled frames (exact post-processing), with PyTorch's beside it."""
+        from ..runtime.backends.pytorch import TorchBackend, describe_pretrained
+        from ..runtime.modelinfo import ModelInfo
+        from ..runtime.segmenter import Segmenter
+
+        res = self._miou(Segmenter(backend, ModelInfo(self.contract), postprocess="exact").predict)
+        if self._torch_miou is None:
+            plan = self.plan
+            info = ModelInfo.from_description(describe_pretrained(plan.cfg, plan.size))
+            self._torch_miou = self._miou(Segmenter(TorchBackend(plan.model), info, postprocess="exact").predict)["miou"]
+        res["pytorch_miou"] = self._torch_miou
+        return res
+
+    def verify_model(self, onnx_m: Any, what: str) -> dict[str, Any]:
+        """Compare an ONNX ModelProto with PyTorch (+ mIoU with --val)."""
+        from ..runtime.backends.ort import OnnxRuntimeBackend
+
+        self.say(f"checking {what} against PyTorch")
+        res = _verify.compare_to_torch(onnx_m, self.batches, self.reference)
+        if self.val_pairs is not None:
+            self.say(f"measuring {what} mIoU on {len(self.val_pairs)} labelled frames")
+            res["val"] = self.run_val(OnnxRuntimeBackend(onnx_m))
+        return res
+
+    def verify_run(self, run: Callable[[np.ndarray], Any], what: str) -> dict[str, Any]:
+        """`verify_model` for a non-ONNX runtime: `run(batch)` → logits, or (first output, logits)."""
+        self.say(f"checking {what} against PyTorch")
+        res = _verify.compare_run_to_torch(run, self.batches, self.reference)
+        if self.val_pairs is not None:
+            self.say(f"measuring {what} mIoU on {len(self.val_pairs)} labelled frames")
+            res["val"] = self.run_val(_RunBackend(run, self.contract))
+        return res
+
+
+def _pre_quant(fp32_path: Path, work: Path, say: Callable[[str], None]) -> Path:
+    """The quant_pre_process'ed FP32 graph that calibration tables and ONNX INT8 targets work on (staged)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    say("pre-processing the graph for quantization")
+    dst = work / "model.prequant.onnx"
     try:
-        say(f"exporting FP32 ONNX (opset {opts.opset})")
-        onnx_model = export_module(module, example, opts.opset, input_name, output_name, dynamic_axes)
-        onnx_model, simplifier = simplify(onnx_model)
-        check(onnx_model)
-        graph_sha = hashlib.sha256(onnx_model.SerializeToString()).hexdigest()
-        fp32_path = stage / "model.fp32-nometa.onnx"
-        import onnx
+        quant_pre_process(str(fp32_path), str(dst))
+    except Exception:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
+        quant_pre_process(str(fp32_path), str(dst), skip_symbolic_shape=True)
+    return dst
 
-        onnx.save(onnx_model, str(fp32_path))
 
+def _build_targets(targets: Sequence[TargetSpec], ctx: ExportContext) -> dict[str, Path]:
+    """Step 4: build every target into the staging folder and record its entry; returns file name → staged path."""
+    staged: dict[str, Path] = {}
+    for t in targets:
+        ctx.progress(f"building target {t.name}")
+        art = t.build(ctx)
+        entry = dict(art.entry)
+        entry["sha256"] = sha256_file(art.path)
+        entry["size_bytes"] = art.path.stat().st_size
+        if art.extra_files:  # e.g. OpenVINO's .bin: hashed too, so a stale pair is never carried over
+            entry["companion_files"] = {x.name: {"sha256": sha256_file(x), "size_bytes": x.stat().st_size}
+                                        for x in art.extra_files}
+        ctx.manifest.add_target(t.name, entry)
+        staged[entry["file"]] = art.path
+        for extra in art.extra_files:
+            staged[extra.name] = extra
+    return staged
+
+
+def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportResult:
+    """The export proper, once options are resolved: everything is built in a FolderTransaction, then committed."""
+    frames = _load_frames(plan, say)
+    module = RawIOWrapper(plan.model, plan.mean, plan.std, plan.raw_color, plan.opts.upsample).eval() if plan.raw \
+        else plan.model
+    make_input = functools.partial(_make_input, size=plan.size, raw=plan.raw, raw_color=plan.raw_color,
+                                   mean=plan.mean, std=plan.std)
+    batches, example = _check_batches(plan, frames, lambda f, at=plan.size: make_input(f, size=at))
+    txn = FolderTransaction(out)
+    plan.notes.extend(txn.notes)
+    try:
+        onnx_model, simplifier, graph_sha, fp32_path = _trace_fp32(plan, module, example, txn.work, say)
+        old = _previous_export(out)
+        _check_replacement(out, old, plan, graph_sha)
+        manifest = Manifest(_contract(plan, onnx_model, simplifier, graph_sha))
         say("checking the FP32 ONNX against PyTorch")
-        # PyTorch outputs computed once and shared by every target's check (eager PyTorch is the slow part).
-        reference = [_torch_reference(module, raw)(x) for x in batches]
-        fp32_ver = _verify.compare_to_torch(onnx_model, batches, reference)
+        checks = _Checks(plan, module, batches, manifest.contract, say)
+        fp32_ver = _verify.compare_to_torch(onnx_model, batches, checks.reference)
         _verify.check_fp32(fp32_ver, "the FP32 ONNX export")
-
-        val_pairs = _val_pairs(opts.val, opts.val_count, cfg["num_classes"]) if opts.val is not None else None
-        out_size = (h, w) if (raw and opts.upsample) else (h // spec.output_stride, w // spec.output_stride)
-        description = {
-            "format": MANIFEST_FORMAT,
-            "segedge_version": tool_versions()["segedge"],
-            "model": spec.name, "family": spec.family,
-            "weights": {"path": str(cfg["weights"]), "sha256": cfg["weights_sha256"], "format": cfg["weights_format"],
-                        "embedded": opts.weights is None},
-            "num_classes": cfg["num_classes"], "class_names": list(cfg["class_names"]),
-            "input": {"name": input_name, "height": h, "width": w, "layout": "NHWC" if raw else "NCHW",
-                      "color_order": raw_color if raw else "RGB", "dtype": "uint8" if raw else "float32",
-                      "mean": mean, "std": std, "io": io, "size_multiple": spec.size_multiple,
-                      "dynamic": {"batch": dyn_batch, "height": dyn_hw, "width": dyn_hw},
-                      "preprocess": "resize to HxW (cv2.INTER_LINEAR), BGR->RGB, (x - mean) / std" +
-                                    (" (in-graph)" if raw else "")},
-            "output": {"name": output_name, "kind": "labels" if raw else "logits",
-                       "stride": 1 if (raw and opts.upsample) else spec.output_stride,
-                       "size": list(out_size), "dtype": "uint8" if raw else "float32"},
-            "opset": opset_of(onnx_model),
-            "exporter": f"{EXPORTER}; simplified with {simplifier}",
-            "graph_sha256": graph_sha,
-            "tool_versions": tool_versions(),
-            "created": utc_now(),
-        }
-        builder = ManifestBuilder(description)
-
-        torch_val: dict[str, Any] = {}
-
-        def run_val(onnx_m: Any, backend: Backend | None = None) -> dict[str, Any]:
+        if checks.val_pairs is not None:
             from ..runtime.backends.ort import OnnxRuntimeBackend
-            from ..runtime.backends.pytorch import TorchBackend, describe_pretrained
-            from ..runtime.modelinfo import ModelInfo
-            from ..runtime.segmenter import Segmenter
 
-            info = ModelInfo.from_description(description)
-            seg = Segmenter(backend or OnnxRuntimeBackend(onnx_m), info, postprocess="exact")
-            res = _verify.evaluate_miou(seg.predict, val_pairs, cfg["num_classes"], cfg["class_names"])
-            if not torch_val:
-                ref = Segmenter(TorchBackend(model), ModelInfo.from_description(describe_pretrained(cfg, size)),
-                                postprocess="exact")
-                torch_val.update(_verify.evaluate_miou(ref.predict, val_pairs, cfg["num_classes"],
-                                                       cfg["class_names"]))
-            res["pytorch_miou"] = torch_val["miou"]
-            return res
-
-        def verify_model(onnx_m: Any, what: str) -> dict[str, Any]:
-            say(f"checking {what} against PyTorch")
-            res = _verify.compare_to_torch(onnx_m, batches, reference)
-            if val_pairs is not None:
-                say(f"measuring {what} mIoU on {len(val_pairs)} labelled frames")
-                res["val"] = run_val(onnx_m)
-            return res
-
-        def verify_run(run: Callable[[np.ndarray], Any], what: str) -> dict[str, Any]:
-            """`verify_model` for a non-ONNX runtime: `run(batch)` → logits, or (first output, logits)."""
-            say(f"checking {what} against PyTorch")
-            res = _verify.compare_run_to_torch(run, batches, reference)
-            if val_pairs is not None:
-                say(f"measuring {what} mIoU on {len(val_pairs)} labelled frames")
-                res["val"] = run_val(None, _RunBackend(run))
-            return res
-
-        if val_pairs is not None:
-            fp32_ver["val"] = run_val(onnx_model)
-
-        def pre_quant() -> Path:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            say("pre-processing the graph for quantization")
-            dst = stage / "model.prequant.onnx"
-            try:
-                quant_pre_process(str(fp32_path), str(dst))
-            except Exception:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
-                quant_pre_process(str(fp32_path), str(dst), skip_symbolic_shape=True)
-            return dst
-
+            fp32_ver["val"] = checks.run_val(OnnxRuntimeBackend(onnx_model))
         ctx = ExportContext(
-            out_dir=out, stage_dir=stage, options=opts, manifest=builder, fp32_model=onnx_model, fp32_path=fp32_path,
-            graph_sha256=graph_sha, input_name=input_name, make_input=make_input, frames=frames,
-            verify=verify_model, progress=say, verify_with=verify_run,
-            _calibration=lambda: get_calibration_table(out, ctx.pre_quant_model(), graph_sha, frames, make_input,
-                                                       input_name, method, opts.calib_seed, say),
-            _pre_quant=pre_quant,
-        )
+            out_dir=out, stage_dir=txn.stage, options=plan.opts, manifest=manifest, fp32_model=onnx_model,
+            fp32_path=fp32_path, graph_sha256=graph_sha, input_name=plan.io_names[0], make_input=make_input,
+            frames=frames, verify=checks.verify_model, progress=say, verify_with=checks.verify_run,
+            _pre_quant=functools.partial(_pre_quant, fp32_path, txn.work, say), target_options=plan.target_options,
+            work_dir=txn.work)
+        ctx._calibration = lambda: get_calibration_table(
+            out, ctx.pre_quant_model(), graph_sha, frames, make_input, plan.io_names[0], plan.method,
+            plan.opts.calib_seed, say, save_to=txn.stage, work_dir=txn.work)
         ctx.cache["fp32_verification"] = fp32_ver
-
-        staged: dict[str, Path] = {}
-        for t in targets:
-            say(f"building target {t.name}")
-            art = t.build(ctx)
-            entry = dict(art.entry)
-            entry["sha256"] = sha256_file(art.path)
-            entry["size_bytes"] = art.path.stat().st_size
-            if art.extra_files:  # e.g. OpenVINO's .bin: hashed too, so a stale pair is never carried over
-                entry["companion_files"] = {x.name: {"sha256": sha256_file(x), "size_bytes": x.stat().st_size}
-                                            for x in art.extra_files}
-            builder.add_target(t.name, entry)
-            staged[entry["file"]] = art.path
-            for extra in art.extra_files:
-                staged[extra.name] = extra
-
+        staged = _build_targets(plan.targets, ctx)
+        pause_point("export:staged")
         say("writing the export folder")
-        _commit(out, staged, builder, graph_sha)
+        _commit(txn, old, manifest, staged, graph_sha, plan.notes)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    manifest = builder.as_dict()
-    artifacts = {name: out / e["file"] for name, e in manifest["targets"].items()}
-    return ExportResult(out, out / MANIFEST_NAME, manifest, artifacts, notes)
+        txn.abort()  # a no-op once committed: the staging folder has become the export folder
+    data = manifest.to_dict()
+    artifacts = {name: out / e.file for name, e in manifest.targets.items()}
+    return ExportResult(out, out / MANIFEST_NAME, data, artifacts, plan.notes)
 
 
-def _commit(out: Path, staged: dict[str, Path], builder: ManifestBuilder, graph_sha: str) -> None:
-    """Move staged files into `out` and write the manifest last; carry over still-valid targets of a previous
-    export of the same graph, delete the files of stale ones."""
-    old: dict[str, Any] = {}
-    if (out / MANIFEST_NAME).is_file():
-        try:
-            old = read_manifest(out)
-        except SegedgeError:
-            old = {}
-        os.unlink(out / MANIFEST_NAME)  # from here on the folder does not look like a finished export
-    for name, entry in (old.get("targets") or {}).items():
-        file = str(entry.get("file", ""))
-        if not file or Path(file).name != file or name in builder.targets:
+def _previous_export(out: Path) -> Manifest | None:
+    """The manifest already in `out` (None when there is none or it is unreadable)."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        return Manifest.read(out)
+    except SegedgeError:
+        return None
+
+
+def _check_replacement(out: Path, old: Manifest | None, plan: _Plan, graph_sha: str) -> None:
+    """Refuse to drop the folder's other targets silently: a new graph invalidates them unless they are re-exported
+    too or `--replace` says to drop them."""
+    if old is None or old.contract.graph_sha256 == graph_sha or plan.opts.replace:
+        return
+    requested = {t.name for t in plan.targets}
+    lost = [name for name in old.targets if name not in requested]
+    if lost:
+        was, now = old.contract.input, plan.size
+        raise ExportError(
+            f"{out} holds {', '.join(lost)} built from another graph ({old.contract.model} {was.height}x{was.width} "
+            f"io {was.io}, now {plan.spec.name} {now[0]}x{now[1]} io {plan.io}); re-export them too "
+            f"(--target {','.join(sorted(requested | set(lost)))}), pass --replace to drop them, or choose another "
+            "--out")
+
+
+def _kept_entries(txn: FolderTransaction, old: Manifest | None, manifest: Manifest, staged: dict[str, Path],
+                  graph_sha: str, notes: list[str]) -> list[str]:
+    """Names in the current folder that the next state keeps: the previous targets still valid for this graph (same
+    FP32 graph, files intact, not replaced), calibration tables of this graph, and files segedge does not manage."""
+    out = txn.out
+    if not out.is_dir():
+        return []
+    drop = {MANIFEST_NAME, *staged}
+    for name, entry in (old.targets.items() if old else ()):
+        files = entry.files()
+        if name in manifest.targets:
+            drop.update(files)
             continue
-        p = out / file
-        companions = {c: m for c, m in (entry.get("companion_files") or {}).items()
-                      if isinstance(c, str) and c and Path(c).name == c and isinstance(m, dict)}
-        if old.get("graph_sha256") == graph_sha and p.is_file() and entry.get("sha256") == sha256_file(p) \
-                and file not in staged and all((out / c).is_file() and c not in staged
-                                               and m.get("sha256") == sha256_file(out / c)
-                                               for c, m in companions.items()):
-            builder.add_target(name, entry)  # same FP32 graph: that artifact is still valid
+        intact = old.contract.graph_sha256 == graph_sha and all(
+            Path(f).name == f and f not in staged and (out / f).is_file() for f in files) \
+            and entry.sha256 == sha256_file(out / entry.file) \
+            and all(m.get("sha256") == sha256_file(out / c) for c, m in entry.companion_files.items())
+        if intact:
+            manifest.add_target(name, entry)  # same FP32 graph: that artifact is still valid
         else:
-            for f in (file, *companions):
-                if (out / f).is_file() and f not in staged:
-                    (out / f).unlink()
-    for file, src in staged.items():
-        os.replace(src, out / file)
-    builder.write(out)
+            drop.update(files)
+            if old.contract.graph_sha256 == graph_sha:
+                notes.append(f"dropped target {name}: its files changed or went missing since it was exported")
+    for table in out.glob("calibration.*.json"):
+        if table.name not in drop and _table_graph(table) != graph_sha:
+            drop.add(table.name)  # statistics of another graph
+    return [p.name for p in out.iterdir() if p.name not in drop]
+
+
+def _table_graph(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text()).get("graph_sha256"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _commit(txn: FolderTransaction, old: Manifest | None, manifest: Manifest, staged: dict[str, Path],
+            graph_sha: str, notes: list[str]) -> None:
+    """Complete the next state (kept files linked in, manifest last) and swap it in."""
+    txn.keep(_kept_entries(txn, old, manifest, staged, graph_sha, notes))
+    pause_point("export:kept")
+    manifest.write(txn.stage)
+    txn.commit()
 
 
 class _RunBackend(Backend):
@@ -431,16 +567,16 @@ class _RunBackend(Backend):
 
     name = "export-check"
 
-    def __init__(self, run: Callable[[np.ndarray], Any]) -> None:
+    def __init__(self, run: Callable[[np.ndarray], Any], contract: ModelContract) -> None:
         self._run = run
+        self._spec = InputSpec((1, None, None, None), contract.input.dtype)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
         out = self._run(x)
         return out[0] if isinstance(out, tuple) else out
-
-    @property
-    def supports_batch(self) -> bool:
-        return False
 
 
 def summarize_result(result: ExportResult) -> list[str]:
@@ -458,11 +594,3 @@ def summarize_result(result: ExportResult) -> list[str]:
             line += f"  mIoU {v['val']['miou']:.4f}" + (f" (PyTorch {ref:.4f})" if ref is not None else "")
         lines.append(line)
     return lines
-
-
-def iter_targets_help() -> Iterable[str]:
-    """'name: description' for every registered target (CLI help)."""
-    from .targets import list_targets
-
-    for t in list_targets():
-        yield f"{t.name}: {t.description}"

@@ -286,7 +286,7 @@ def share_concat_ranges(model: Any, table: CalibrationTable, excluded: Iterable[
 
 
 def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: QuantFlavour,
-             kept_float: Sequence[KeptFloat]) -> Any:
+             kept_float: Sequence[KeptFloat], work_dir: str | Path | None = None) -> Any:
     """quantize_static (QDQ) of a quant_pre_process'ed model with the table's ranges; returns the ModelProto."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -303,7 +303,8 @@ def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: Quant
         # nn.Linear exports as MatMul with a [in, out] weight: its output channels are axis 1.
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
     }
-    with tempfile.TemporaryDirectory(prefix="segedge-quant-") as td:
+    # work_dir: the export's staging area, so a killed export leaves no temp folder behind elsewhere.
+    with tempfile.TemporaryDirectory(prefix="segedge-quant-", dir=work_dir) as td:
         cache = table.write_ort_cache(Path(td) / "ranges.json")
         out = Path(td) / "quantized.onnx"
         quant_logger = logging.getLogger()

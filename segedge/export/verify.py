@@ -137,19 +137,19 @@ def check_fp32(result: dict[str, Any], what: str) -> None:
 
 def evaluate_miou(predict: Callable[[np.ndarray], np.ndarray], pairs: Iterable[tuple[np.ndarray, np.ndarray]],
                   num_classes: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """mIoU of `predict` (frame → labels at frame size) over (frame, label) pairs, via segedge.data.metrics."""
-    from ..data.metrics import ConfusionMatrix
+    """mIoU of `predict` (frame → labels at frame size) over (frame, label) pairs (segedge.evaluation's loop)."""
+    from ..evaluation import evaluate_predictors
 
-    cm = ConfusionMatrix(num_classes)
-    n = 0
-    for frame, label in pairs:
-        pred = predict(frame)
-        if pred.shape != label.shape[:2]:
-            raise ExportError(f"validation label of shape {label.shape} does not match its frame {frame.shape[:2]}")
-        cm.update(pred, label)
-        n += 1
-    if n == 0:
+    def checked() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        for frame, label in pairs:
+            if frame.shape[:2] != label.shape[:2]:
+                raise ExportError(f"validation label of shape {label.shape} does not match its frame "
+                                  f"{frame.shape[:2]}")
+            yield frame, label
+
+    res = evaluate_predictors({0: predict}, checked(), num_classes, class_names)
+    if res.frames == 0:
         raise ExportError("the --val set yielded no (frame, label) pairs; check the folder layout")
-    m = cm.compute(list(class_names) if class_names else None)
+    m = res.metrics[0]
     return {"miou": None if np.isnan(m.miou) else float(m.miou),
-            "pixel_acc": None if np.isnan(m.pixel_acc) else float(m.pixel_acc), "frames": n}
+            "pixel_acc": None if np.isnan(m.pixel_acc) else float(m.pixel_acc), "frames": res.frames}

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import SegedgeError
+from ..plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -26,39 +27,25 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
-_ALIASES: dict[str, str] = {}
+# Families register themselves on import (their modules are the registry's plug-ins).
+MODELS: Registry[ModelSpec] = Registry(
+    "model", modules=("segedge.models.segformer", "segedge.models.topformer"),
+    normalize=lambda s: s.strip().lower().replace("_", "-"), hint="choose one of")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add a model spec (and its aliases) to the registry."""
-    _REGISTRY[spec.name] = spec
-    for alias in (spec.name, *spec.aliases):
-        _ALIASES[alias.lower()] = spec.name
-    return spec
-
-
-def _ensure_loaded() -> None:
-    # Families register themselves on import; importing here keeps `registry` free of cycles.
-    from . import segformer, topformer  # noqa: F401
+    return MODELS.register(spec, aliases=spec.aliases)
 
 
 def list_models() -> list[str]:
     """Canonical names of every registered model."""
-    _ensure_loaded()
-    return list(_REGISTRY)
+    return MODELS.names()
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Resolve a name or alias (case-insensitive) to its spec, or raise a one-line error listing valid names."""
-    _ensure_loaded()
-    key = str(name).strip().lower().replace("_", "-")
-    if key in _ALIASES:
-        return _REGISTRY[_ALIASES[key]]
-    raise SegedgeError(
-        f"unknown model '{name}': choose one of {', '.join(_REGISTRY)} "
-        f"(aliases such as mit-b0, segformer-b0 also work)"
-    )
+    """Resolve a name or alias (case-insensitive) to its spec, or a one-line error with suggestions."""
+    return MODELS.get(name)
 
 
 def validate_input_size(name: str, size: tuple[int, int]) -> tuple[int, int]:

@@ -1,67 +1,38 @@
-"""What the runtime must know about a model: input contract (size, mean/std, io mode, colour order) and output kind.
+"""What the runtime knows about a loaded model: its `ModelContract` plus which target, precision and source it came from.
 
-Read from an export manifest, an ONNX file's metadata_props (same keys), a checkpoint's `pretrained_cfg`, or, for a
-foreign ONNX without segedge keys, guessed from the graph (ImageNet mean/std, RGB, logits) with a warning.
+The contract is read from an export manifest, an artifact's own metadata (ONNX metadata_props, OpenVINO rt_info),
+a checkpoint's `pretrained_cfg`, or, for a foreign ONNX without segedge keys, guessed from the graph (ImageNet
+mean/std, RGB, logits) with a warning.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..contract import IMAGENET_MEAN, IMAGENET_STD, DynamicAxes, InputContract, ModelContract, OutputContract
 from ..errors import SegedgeError
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo"]
 
 
 @dataclass
 class ModelInfo:
-    """The model's input/output contract as the runtime uses it."""
+    """The model's contract as the runtime uses it, with where it came from."""
 
-    num_classes: int
-    class_names: list[str]
-    input_size: tuple[int, int]
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    io: str = "float"  # float: float32 NCHW RGB normalised; raw: uint8 NHWC frames, labels out
-    color_order: str = "RGB"  # channel order the graph input expects (raw: the frame order baked in)
-    output_kind: str = "logits"  # logits | labels
-    output_stride: int = 4
-    dynamic: dict[str, bool] = field(default_factory=lambda: {"batch": False, "height": False, "width": False})
-    model: str | None = None
-    family: str | None = None
+    contract: ModelContract
     target: str | None = None
     precision: str | None = None
-    source: str = "manifest"
+    source: str = "manifest"  # manifest | metadata | checkpoint | graph
 
     @classmethod
-    def from_description(cls, d: Mapping[str, Any], target: str | None = None,
-                         entry: Mapping[str, Any] | None = None, source: str = "manifest") -> "ModelInfo":
-        """From manifest / metadata keys (see segedge.export.manifest)."""
-        try:
-            inp, out = d["input"], d["output"]
-            n = int(d["num_classes"])
-            return cls(
-                num_classes=n,
-                class_names=list(d.get("class_names") or [f"class_{i}" for i in range(n)]),
-                input_size=(int(inp["height"]), int(inp["width"])),
-                mean=tuple(float(v) for v in inp.get("mean", IMAGENET_MEAN)),
-                std=tuple(float(v) for v in inp.get("std", IMAGENET_STD)),
-                io=str(inp.get("io", "float")),
-                color_order=str(inp.get("color_order", "RGB")).upper(),
-                output_kind=str(out.get("kind", "logits")),
-                output_stride=int(out.get("stride", 4)),
-                dynamic=dict(inp.get("dynamic") or {"batch": False, "height": False, "width": False}),
-                model=d.get("model"), family=d.get("family"),
-                target=target or d.get("target"),
-                precision=(entry or {}).get("precision") or d.get("precision"),
-                source=source,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise SegedgeError(f"model description is incomplete ({type(e).__name__}: {e}); re-export the model "
-                               "with `segedge export`") from None
+    def from_description(cls, d: Mapping[str, Any], target: str | None = None, entry: Any = None,
+                         source: str = "manifest") -> "ModelInfo":
+        """From manifest / metadata keys (see segedge.contract); `entry` is the target's manifest entry."""
+        contract = ModelContract.from_dict(d)
+        precision = (entry.get("precision") if entry is not None else None) or d.get("precision")
+        return cls(contract, target=target or d.get("target"), precision=precision, source=source)
 
     @classmethod
     def from_onnx_graph(cls, model: Any, source: str = "graph") -> "ModelInfo":
@@ -77,5 +48,58 @@ class ModelInfo:
         warnings.warn("ONNX file without segedge metadata: assuming float RGB input normalised with ImageNet "
                       "mean/std and logits output; re-export with `segedge export` to record the real contract")
         n = int(o[1])
-        return cls(n, [f"class_{k}" for k in range(n)], (int(i[2]), int(i[3])), output_stride=stride, source=source,
-                   dynamic={"batch": i[0] is None, "height": False, "width": False})
+        contract = ModelContract(
+            num_classes=n, class_names=[f"class_{k}" for k in range(n)],
+            input=InputContract(int(i[2]), int(i[3]), name=model.graph.input[0].name,
+                                dynamic=DynamicAxes(batch=i[0] is None)),
+            output=OutputContract(stride=stride, name=model.graph.output[0].name))
+        return cls(contract, source=source)
+
+    # Read-only views of the contract, named as the runtime uses them.
+    @property
+    def num_classes(self) -> int:
+        return self.contract.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.contract.class_names
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.contract.input.size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.contract.input.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.contract.input.std
+
+    @property
+    def io(self) -> str:
+        return self.contract.input.io
+
+    @property
+    def color_order(self) -> str:
+        return self.contract.input.color_order
+
+    @property
+    def output_kind(self) -> str:
+        return self.contract.output.kind
+
+    @property
+    def output_stride(self) -> int:
+        return self.contract.output.stride
+
+    @property
+    def dynamic(self) -> dict[str, bool]:
+        return self.contract.input.dynamic.to_dict()
+
+    @property
+    def model(self) -> str | None:
+        return self.contract.model
+
+    @property
+    def family(self) -> str | None:
+        return self.contract.family

@@ -16,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..contract import MANIFEST_NAME, Manifest, TargetEntry
 from ..errors import SegedgeError
 from .backends import Backend, backend_for_path, get_backend
+from .checks import check_io, check_verify_mode, verify_files
 from .modelinfo import ModelInfo
 from .palette import overlay as _overlay
 from .palette import palette_for
@@ -25,33 +27,29 @@ from .postprocess import check_mode, resize_labels, to_labels
 from .preprocess import check_frame, preprocess, to_raw_input
 
 
-def _manifest_entry_for_file(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]] | None:
+def _manifest_entry_for_file(path: Path) -> tuple[Manifest, str, TargetEntry] | None:
     """(manifest, target, entry) when `path` is listed in its folder's manifest.json."""
-    from ..export.manifest import MANIFEST_NAME, read_manifest
-
     if not (path.parent / MANIFEST_NAME).is_file():
         return None
     try:
-        man = read_manifest(path.parent)
+        man = Manifest.read(path.parent)
     except SegedgeError:
         return None
-    for name, entry in man["targets"].items():
-        if entry.get("file") == path.name:
-            return man, name, entry
-    return None
+    found = man.entry_for_file(path.name)
+    return (man, *found) if found else None
 
 
-def _choose_target(man: dict[str, Any], folder: Path, target: str | None) -> tuple[str, dict[str, Any]]:
-    targets = man["targets"]
-    if target is None:
-        if len(targets) == 1:
-            return next(iter(targets.items()))
-        raise SegedgeError(f"{folder} holds several targets ({', '.join(targets)}); choose one with "
-                           f"target=… (--target), e.g. target='{next(iter(targets))}'")
-    if target not in targets:
-        raise SegedgeError(f"target '{target}' is not in {folder}: it holds {', '.join(targets)}; re-export with "
-                           f"--target {target} or pick one of those")
-    return target, targets[target]
+def _artifact_path(folder: Path, target: str, entry: TargetEntry) -> Path:
+    """The target's file inside `folder`; a name that leaves the folder or a missing file is one line."""
+    name = Path(entry.file)
+    if name.is_absolute() or ".." in name.parts:
+        raise SegedgeError(f"{folder}/{MANIFEST_NAME} points target '{target}' at {entry.file}, outside the export "
+                           "folder; re-run `segedge export` (a manifest never names files outside its folder)")
+    file = folder / name
+    if not file.exists():
+        raise SegedgeError(f"{folder}/{MANIFEST_NAME} lists {entry.file} for target '{target}' but the file is "
+                           "missing; re-run `segedge export`")
+    return file
 
 
 class Segmenter:
@@ -70,45 +68,69 @@ class Segmenter:
 
         options: `model=` names the architecture of a foreign checkpoint; `providers=` overrides ONNX Runtime's
         execution providers; `precision=` sets OpenVINO's inference precision hint (default: the one recorded at
-        export, else f32). The backend also receives the artifact's manifest entry as `manifest_entry=`.
+        export, else f32); `verify=` "fast" (default) | "full" | "off" checks the artifact against its manifest's
+        size and sha256 (segedge.runtime.checks). The backend also receives the manifest entry as `manifest_entry=`.
         """
+        if not isinstance(path, (str, Path)):
+            raise SegedgeError(f"Segmenter.load needs a path (export folder, model file or checkpoint), got "
+                               f"{type(path).__name__}")
         p = Path(path)
         if not p.exists():
             raise SegedgeError(f"model path not found: {p}; pass an export folder, an .onnx file or a checkpoint")
-        description: dict[str, Any] | None = None
-        entry: dict[str, Any] | None = None
+        verify = check_verify_mode(options.pop("verify", "fast"))
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise SegedgeError(f"threads must be a whole number ≥ 1 (or None for the runtime's default), got "
+                               f"{threads!r}")
+        contract: dict[str, Any] | None = None
+        entry: TargetEntry | None = None
         if p.is_dir() and p.suffix.lower() not in (".mlpackage",):
-            from ..export.manifest import read_manifest
-
-            man = read_manifest(p)
-            target, entry = _choose_target(man, p, target)
-            file = p / str(entry.get("file", ""))
-            if not entry.get("file") or not file.exists():
-                raise SegedgeError(f"{p}/manifest.json lists {entry.get('file')} for target '{target}' but the file "
-                                   "is missing; re-run `segedge export`")
-            description, p = man, file
+            man = Manifest.read(p)
+            target, entry = man.choose(target, p)
+            contract, p = man.contract.to_dict(), _artifact_path(p, target, entry)
+            verify_files(p.parent, target, entry, verify)
         else:
             found = _manifest_entry_for_file(p)
             if found:
-                description, found_target, entry = found
-                target = target or found_target
+                man, found_target, entry = found
+                contract, target = man.contract.to_dict(), target or found_target
+                verify_files(p.parent, found_target, entry, verify)
         cls_ = get_backend(backend) if backend else backend_for_path(p)
         if entry is not None:
             options = {"manifest_entry": entry, **options}
         be = cls_.open(p, threads=threads, **options)
-        if description is None and be.description is not None:
-            description = be.description
-        if description is not None:
-            info = ModelInfo.from_description(description, target=target, entry=entry,
+        try:
+            info = cls._info(p, be, contract, target, entry)
+            check_io(be, info.contract, p.name)
+        except BaseException:
+            be.close()
+            raise
+        return cls(be, info, postprocess)
+
+    @staticmethod
+    def _info(p: Path, be: Backend, contract: dict[str, Any] | None, target: str | None,
+              entry: TargetEntry | None) -> ModelInfo:
+        if contract is None and be.description is not None:
+            contract = be.description
+        if contract is not None:
+            return ModelInfo.from_description(contract, target=target, entry=entry,
                                               source="manifest" if entry else "metadata")
-        elif p.suffix.lower() == ".onnx":
+        if p.suffix.lower() == ".onnx":
             import onnx
 
-            info = ModelInfo.from_onnx_graph(onnx.load(str(p), load_external_data=False))
-        else:
-            raise SegedgeError(f"{p.name} carries no model description and is not in an export folder's "
-                               "manifest; export it with `segedge export`")
-        return cls(be, info, postprocess)
+            return ModelInfo.from_onnx_graph(onnx.load(str(p), load_external_data=False))
+        raise SegedgeError(f"{p.name} carries no model description and is not in an export folder's "
+                           "manifest; export it with `segedge export`")
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (session, compiled model, engine)."""
+        self.backend.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- properties -------------------------------------------------------------------------------------------
     @property

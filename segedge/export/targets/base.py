@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
+    from ...contract import Manifest
     from ..calibration import CalibrationFrames, CalibrationTable
-    from ..manifest import ManifestBuilder
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ExportContext:
     out_dir: Path
     stage_dir: Path
     options: Any  # segedge.export.pipeline.ExportOptions
-    manifest: "ManifestBuilder"
+    manifest: "Manifest"
     fp32_model: Any
     fp32_path: Path
     graph_sha256: str
@@ -50,6 +50,12 @@ class ExportContext:
     _calibration: Callable[[], tuple["CalibrationTable", bool]] | None = None
     _pre_quant: Callable[[], Path] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    target_options: dict[str, Any] = field(default_factory=dict)  # parsed values of the targets' own options
+    work_dir: Path | None = None  # scratch space inside the staging folder (temp files, intermediates)
+
+    def option(self, name: str) -> Any:
+        """The value of a target option (see TargetSpec.options), its default when not given."""
+        return self.target_options[name]
 
     def calibration(self) -> tuple["CalibrationTable", bool]:
         """(table, reused): the export folder's calibration table, computed at most once per export."""
@@ -75,10 +81,10 @@ def write_onnx_artifact(ctx: ExportContext, target: str, filename: str, model: A
     """Embed the manifest keys for `target` in `model`'s metadata_props and save it to the staging folder."""
     import onnx
 
-    from ..manifest import embed_metadata
+    from ...contract import embed_onnx_metadata
 
     entry = {"file": filename, **entry}
-    embed_metadata(model, ctx.manifest.target_metadata(target, entry))
+    embed_onnx_metadata(model, ctx.manifest.target_metadata(target, entry))
     path = ctx.staged(filename)
     onnx.save(model, str(path))
     return TargetArtifact(path, entry)

@@ -19,19 +19,12 @@ import logging
 import sys
 from typing import Any, Iterator
 
-from ...errors import ExportError
+from ...errors import ExportError, first_line
 from . import TargetSpec, register_target
 from .base import ExportContext, TargetArtifact
-from .openvino_ir import (first_line, fp32_model, import_reason, openvino_version, precision_hint, stage_ir,
-                          verify_ir)
+from .openvino_ir import OV_PRECISION, fp32_model, openvino_version, precision_hint, stage_ir, verify_ir
 
 FILENAME = "model.int8.xml"
-
-
-def requires_openvino_nncf() -> str | None:
-    """Why openvino-int8 cannot run here (openvino or nncf missing), or None."""
-    return import_reason("openvino") or import_reason("nncf")
-
 
 # Node-name patterns (OpenVINO names come from the ONNX node names) kept float per family: see module docstring.
 SEGFORMER_KEEP_FLOAT = (r".*block1\.\d+/attn/sr/Conv.*",)
@@ -107,14 +100,14 @@ def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any
             return nncf.quantize(model, nncf.Dataset(inputs), **kwargs)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types (RuntimeError, nncf.InternalError, …)
         raise ExportError(f"openvino-int8: NNCF post-training quantization failed ({first_line(e)}); no file was "
-                          "written: try more --calib frames or report the model/options") from None
+                          "written: try more --calib frames or report the model/options") from e
 
 
 def build(ctx: ExportContext) -> TargetArtifact:
     """Quantize the FP32 IR with NNCF, check it with OpenVINO against PyTorch, stage model.int8.xml/.bin."""
     import nncf
 
-    family = str(ctx.manifest.model.get("family", ""))
+    family = str(ctx.manifest.contract.family or "")
     settings = nncf_settings(family)
     qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
     frames = ctx.frames
@@ -135,5 +128,6 @@ def build(ctx: ExportContext) -> TargetArtifact:
     return stage_ir(ctx, "openvino-int8", FILENAME, qmodel, entry)
 
 
-register_target(TargetSpec("openvino-int8", build, "OpenVINO IR INT8, NNCF post-training quantization "
-                           "(model.int8.xml + .bin)", "int8", needs_calibration=True, requires=requires_openvino_nncf))
+register_target(TargetSpec("openvino-int8", build, "OpenVINO IR INT8, NNCF post-training quantization: "
+                           "model.int8.xml + .bin", "int8", needs_calibration=True, toolkits=("openvino", "nncf"),
+                           backend="openvino", options=(OV_PRECISION,)))

@@ -10,36 +10,36 @@ the check gates like the FP32 ONNX one. The helpers here are shared with `openvi
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import numpy as np
 
-from ...errors import ExportError
+from ...contract import write_rt_info
+from ...errors import ExportError, SegedgeError, first_line
+from ...toolkits.openvino import check_precision, core
 from .. import verify as _verify
-from . import TargetSpec, register_target
+from . import TargetOption, TargetSpec, register_target
 from .base import ExportContext, TargetArtifact
 
 FILENAME = "model.xml"
-INSTALL_HINT = "pip install 'segedge[openvino]'"
-RT_INFO_SECTION = "segedge"
-# Entry keys written to the IR's rt_info (section "segedge", read back by segedge.runtime.backends.openvino) besides
-# the manifest's model keys + TARGET_KEYS; values encoded like ONNX metadata_props (see manifest.embed_metadata).
-OV_ENTRY_KEYS = ("inference_precision_hint", "openvino_version", "nncf_version")
+CHECK_PRECISIONS = ("f32", "bf16")  # CPU hints the openvino targets can be checked with
 
 
-def import_reason(module: str) -> str | None:
+def parse_check_precision(value: Any) -> str:
+    """--ov-precision: f32 or bf16 (the hint the export checks with and the runtime uses by default)."""
     try:
-        __import__(module)
-    except Exception as e:  # noqa: BLE001 - a broken install (not only ImportError) must give a reason too
-        detail = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        return f"{module} cannot be imported ({detail}): {INSTALL_HINT}"
-    return None
+        hint = check_precision(str(value))
+    except SegedgeError:
+        hint = ""
+    if hint not in CHECK_PRECISIONS:
+        raise SegedgeError(f"--ov-precision must be one of {', '.join(CHECK_PRECISIONS)}, got '{value}'")
+    return hint
 
 
-def requires_openvino() -> str | None:
-    """Why the openvino target cannot run here, or None."""
-    return import_reason("openvino")
+OV_PRECISION = TargetOption(
+    "ov_precision", "--ov-precision", "f32", parse=parse_check_precision,
+    help="OpenVINO targets: inference precision hint of their check and default at run time, f32 | bf16 "
+         "(OpenVINO's own CPU default is bf16 where supported).")
 
 
 def openvino_version() -> str:
@@ -50,14 +50,8 @@ def openvino_version() -> str:
 
 
 def precision_hint(ctx: ExportContext) -> str:
-    """The INFERENCE_PRECISION_HINT the openvino targets are checked with (ExportOptions.ov_precision)."""
-    return str(getattr(ctx.options, "ov_precision", "f32") or "f32").strip().lower()
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first message line, shortened (OpenVINO/NNCF errors span many lines)."""
-    text = str(e).strip()
-    return (text.splitlines()[0][:160] if text else type(e).__name__)
+    """The INFERENCE_PRECISION_HINT the openvino targets are checked with (--ov-precision)."""
+    return str(ctx.option("ov_precision"))
 
 
 def fp32_model(ctx: ExportContext) -> Any:
@@ -70,15 +64,13 @@ def fp32_model(ctx: ExportContext) -> Any:
             ctx.cache["openvino_fp32"] = ov.convert_model(str(ctx.fp32_path))
         except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types (OpConversionFailure, …)
             raise ExportError(f"OpenVINO cannot convert the FP32 ONNX ({first_line(e)}); try another --opset or "
-                              "report the model/options") from None
+                              "report the model/options") from e
     return ctx.cache["openvino_fp32"].clone()
 
 
 def compile_for_check(model: Any, hint: str) -> Any:
     """Compile an ov.Model on CPU with an explicit precision hint (latency mode, default thread count)."""
-    import openvino as ov
-
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+    return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
 
 
 def actual_precision(compiled: Any) -> str:
@@ -98,7 +90,7 @@ def check_runner(ctx: ExportContext, model: Any, hint: str) -> tuple[Callable[[n
             model.add_outputs([logits_name])
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"cannot expose the logits tensor '{logits_name}' of the OpenVINO IR for its check "
-                              f"({first_line(e)})") from None
+                              f"({first_line(e)})") from e
     compiled = compile_for_check(model, hint)
     request = compiled.create_infer_request()
 
@@ -129,19 +121,13 @@ def stage_ir(ctx: ExportContext, target: str, filename: str, model: Any, entry: 
     """Record the manifest keys in the IR's rt_info and save model.xml + .bin (FP32 weights kept) to staging."""
     import openvino as ov
 
-    from ..manifest import STRING_KEYS
-
     entry = {"file": filename, **entry}
-    meta = ctx.manifest.target_metadata(target, entry)
-    meta.update({k: entry[k] for k in OV_ENTRY_KEYS if k in entry})
-    for k, v in meta.items():
-        model.set_rt_info(v if (k in STRING_KEYS and isinstance(v, str)) else json.dumps(v, default=str),
-                          [RT_INFO_SECTION, k])
+    write_rt_info(model, ctx.manifest.target_metadata(target, entry))  # the entry's OpenVINO keys included
     path = ctx.staged(filename)
     try:
         ov.save_model(model, str(path), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"cannot write {filename} ({first_line(e)})") from None
+        raise ExportError(f"cannot write {filename} ({first_line(e)})") from e
     return TargetArtifact(path, entry, extra_files=[path.with_suffix(".bin")])
 
 
@@ -161,5 +147,5 @@ def build(ctx: ExportContext) -> TargetArtifact:
     return stage_ir(ctx, "openvino", FILENAME, model, entry)
 
 
-register_target(TargetSpec("openvino", build, "OpenVINO IR, FP32 weights (model.xml + model.bin)", "fp32",
-                           requires=requires_openvino))
+register_target(TargetSpec("openvino", build, "OpenVINO IR, FP32 weights: model.xml + .bin", "fp32",
+                           toolkits=("openvino",), backend="openvino", options=(OV_PRECISION,)))

@@ -8,11 +8,7 @@ the same calibration table.
 
 from __future__ import annotations
 
-import onnx
-
-from ..quantize import ort_cpu_flavour, quantize, select_kept_float, summarize
-from ..torch2onnx import opset_of
-from . import TargetSpec, register_target
+from . import TargetOption, TargetSpec, register_target
 from .base import ExportContext, TargetArtifact, write_onnx_artifact
 
 FILENAME = "model.int8.onnx"
@@ -20,24 +16,43 @@ FILENAME = "model.int8.onnx"
 
 def build(ctx: ExportContext) -> TargetArtifact:
     """Quantize the pre-processed FP32 graph with the shared table, check it against PyTorch, stage it."""
+    import onnx
+
+    from ..quantize import ort_cpu_flavour, quantize, select_kept_float, summarize
+    from ..torch2onnx import opset_of
+
     table, reused = ctx.calibration()
     pre = ctx.pre_quant_model()
     opts = ctx.options
-    scope = opts.ort_scope
+    requested = ctx.option("ort_scope")
+    scope = requested
     if scope == "auto" and opts.quantize_all:
         scope = "all"
-    flavour = ort_cpu_flavour(str(ctx.manifest.model.get("family", "")), scope)
+    flavour = ort_cpu_flavour(str(ctx.manifest.contract.family or ""), scope)
     kept = select_kept_float(onnx.load(str(pre)), opts.keep_float, opts.quantize_all, flavour)
     ctx.progress(f"quantizing ort-int8 (uint8 activations, int8 weights, per-tensor, scope {flavour.scope})")
-    qmodel = quantize(pre, table, flavour, kept)
+    qmodel = quantize(pre, table, flavour, kept, work_dir=ctx.work_dir)
     entry = {
         "precision": "int8", "opset": opset_of(qmodel), "runtime": "onnxruntime",
-        "quantization": {**summarize(qmodel, kept, flavour), "scope_requested": opts.ort_scope},
+        "quantization": {**summarize(qmodel, kept, flavour), "scope_requested": requested},
         "calibration": {**table.summary(), "reused": reused},
         "verification": ctx.verify(qmodel, "ort-int8"),
     }
     return write_onnx_artifact(ctx, "ort-int8", FILENAME, qmodel, entry)
 
 
-register_target(TargetSpec("ort-int8", build, "ONNX Runtime CPU INT8 (QDQ u8s8); writes model.qdq.onnx alongside",
-                           "int8", needs_calibration=True, companions=("qdq",)))
+def parse_scope(value: object) -> str:
+    """--ort-scope: auto | all | conv (checked by segedge.export.quantize, imported only when an export runs)."""
+    from ..quantize import check_ort_scope
+
+    return check_ort_scope(str(value))
+
+
+ORT_SCOPE = TargetOption(
+    "ort_scope", "--ort-scope", "auto", parse=parse_scope,
+    help="ort-int8: which ops run in INT8: auto (per model family, the fastest measured: conv for SegFormer, all for "
+         "TopFormer), all quantizable ops, or conv (dense convolutions and the Resize/Concat feeding them).")
+
+register_target(TargetSpec("ort-int8", build, "ONNX Runtime CPU INT8, QDQ u8s8; writes qdq alongside", "int8",
+                           needs_calibration=True, companions=("qdq",), toolkits=("onnxruntime",),
+                           backend="onnxruntime", options=(ORT_SCOPE,)))

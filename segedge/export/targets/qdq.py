@@ -8,12 +8,7 @@ fuses those). Ranges come from the same calibration table as ort-int8. Every fil
 
 from __future__ import annotations
 
-import onnx
-
 from ...errors import ExportError
-from ..qdq_rules import format_violations, validate_qdq
-from ..quantize import TENSORRT, quantize, select_kept_float, summarize
-from ..torch2onnx import opset_of
 from . import TargetSpec, register_target
 from .base import ExportContext, TargetArtifact, write_onnx_artifact
 
@@ -22,11 +17,17 @@ FILENAME = "model.qdq.onnx"
 
 def build(ctx: ExportContext) -> TargetArtifact:
     """Quantize TensorRT-style with the shared table, validate the Q/DQ rules, check against PyTorch, stage it."""
+    import onnx
+
+    from ..qdq_rules import format_violations, validate_qdq
+    from ..quantize import TENSORRT, quantize, select_kept_float, summarize
+    from ..torch2onnx import opset_of
+
     table, reused = ctx.calibration()
     pre = ctx.pre_quant_model()
     kept = select_kept_float(onnx.load(str(pre)), ctx.options.keep_float, ctx.options.quantize_all)
     ctx.progress("quantizing qdq (TensorRT style: symmetric int8, per-channel weights)")
-    qmodel = quantize(pre, table, TENSORRT, kept)
+    qmodel = quantize(pre, table, TENSORRT, kept, work_dir=ctx.work_dir)
     violations = validate_qdq(qmodel)
     if violations:  # a bug in the flavour settings, not a user error: say what broke
         raise ExportError(f"model.qdq.onnx breaks {len(violations)} TensorRT Q/DQ rule(s), first: "
@@ -40,5 +41,5 @@ def build(ctx: ExportContext) -> TargetArtifact:
     return write_onnx_artifact(ctx, "qdq", FILENAME, qmodel, entry)
 
 
-register_target(TargetSpec("qdq", build, "TensorRT-compatible Q/DQ ONNX (symmetric int8, per-channel weights)",
-                           "int8", needs_calibration=True))
+register_target(TargetSpec("qdq", build, "TensorRT-style Q/DQ ONNX: symmetric int8, per-channel weights", "int8",
+                           needs_calibration=True, toolkits=("onnxruntime",), backend="onnxruntime"))

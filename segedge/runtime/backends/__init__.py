@@ -1,8 +1,8 @@
-"""Inference backends behind one registry: a backend is one module in this package.
+"""Inference backends behind one registry: a backend is one module in this package (or an external plug-in).
 
 Each module defines a `Backend` subclass decorated with `@register_backend`, naming the file kinds it opens
-(`suffixes`, e.g. ".onnx", ".xml", ".safetensors"). Every module here is imported on first lookup, so adding
-OpenVINO (`openvino.py`, suffix ".xml"), TensorRT (".engine") or CoreML (".mlpackage") is one new file. Heavy
+(`suffixes`, e.g. ".onnx", ".xml", ".safetensors") and the toolkit it needs (`segedge.toolkits`). Modules are
+imported on first lookup, so adding TensorRT (".engine") or CoreML (".mlpackage") is one new file here. Heavy
 libraries are imported inside the backend's methods, never at module import.
 """
 
@@ -11,44 +11,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import SegedgeError
-from ...plugins import import_plugins
-from .base import Backend
+from ...plugins import Registry
+from .base import Backend, InputSpec
 
-__all__ = ["Backend", "backend_for_path", "get_backend", "list_backends", "register_backend"]
+__all__ = ["BACKENDS", "Backend", "InputSpec", "backend_for_path", "get_backend", "list_backends",
+           "register_backend"]
 
-_BACKENDS: dict[str, type[Backend]] = {}
-_loaded = False
+BACKENDS: Registry[type[Backend]] = Registry("backend", __name__)
+_ALIASES = {"onnxruntime": ("ort",), "torch": ("pytorch",), "openvino": ("ov",), "tensorrt": ("trt",)}
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
     """Class decorator: add a backend to the registry under `cls.name`."""
-    _BACKENDS[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import_plugins(__name__, __path__, tolerate_import_errors=True)
+    return BACKENDS.register(cls, aliases=_ALIASES.get(cls.name, ()))
 
 
 def list_backends() -> list[type[Backend]]:
     """Every registered backend class."""
-    _load_all()
-    return list(_BACKENDS.values())
+    return BACKENDS.items()
 
 
 def get_backend(name: str) -> type[Backend]:
-    """A backend by name, or a one-line error listing the registered ones."""
-    _load_all()
-    key = str(name).strip().lower()
-    aliases = {"ort": "onnxruntime", "pytorch": "torch", "ov": "openvino", "trt": "tensorrt"}
-    key = aliases.get(key, key)
-    if key not in _BACKENDS:
-        raise SegedgeError(f"unknown backend '{name}': available here: {', '.join(sorted(_BACKENDS))}")
-    cls = _BACKENDS[key]
+    """A backend by name that can run here, or a one-line error (unknown name, or why it cannot run)."""
+    cls = BACKENDS.get(name)
     why = cls.unavailable()
     if why:
         raise SegedgeError(f"backend '{cls.name}' cannot run here: {why}")
@@ -56,16 +41,15 @@ def get_backend(name: str) -> type[Backend]:
 
 
 def backend_for_path(path: str | Path) -> type[Backend]:
-    """The default backend for a file kind (by suffix), or a clear error naming the supported kinds."""
-    _load_all()
+    """The backend for a file kind (by suffix), or a clear error naming the supported kinds and the install hint."""
     suffix = Path(path).suffix.lower()
-    for cls in _BACKENDS.values():
+    for cls in BACKENDS.items():
         if suffix in cls.suffixes:
             why = cls.unavailable()
             if why:
                 raise SegedgeError(f"{Path(path).name} needs the {cls.name} backend, which cannot run here: {why}")
             return cls
-    kinds = sorted({s for c in _BACKENDS.values() for s in c.suffixes})
-    hint = " (the OpenVINO backend is not installed: pip install 'segedge[openvino]')" if suffix == ".xml" else ""
-    raise SegedgeError(f"no runtime backend opens '{suffix or Path(path).name}' files{hint}; supported: "
-                       f"{', '.join(kinds)} or an export folder")
+    kinds = sorted({s for c in BACKENDS.items() for s in c.suffixes})
+    raise SegedgeError(f"no runtime backend opens '{suffix or Path(path).name}' files; supported: "
+                       f"{', '.join(kinds)} or an export folder (`segedge doctor` lists the backends and what is "
+                       "missing)")

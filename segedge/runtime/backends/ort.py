@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: TensorRT and CUDA execution providers first when present, then CPU."""
+"""ONNX Runtime backend: TensorRT and CUDA execution providers first when present, then CPU.
+
+An InferenceSession is safe to call from several threads at once (ONNX Runtime documents `Run` as thread-safe),
+so one backend serves every thread of a camera pipeline.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...errors import SegedgeError
+from ...contract import decode_metadata, describes_model
+from ...errors import SegedgeError, first_line
+from ...toolkits.onnxruntime import default_providers
 from . import register_backend
-from .base import Backend
+from .base import Backend, InputSpec
 
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def default_providers() -> list[str]:
-    """The preferred execution providers that this onnxruntime build offers, best first."""
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16",
+              "tensor(int8)": "int8"}
 
 
 @register_backend
@@ -28,6 +27,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    toolkit = "onnxruntime"
 
     def __init__(self, model: Any, threads: int | None = None, providers: Sequence[str] | None = None,
                  description: dict[str, Any] | None = None) -> None:
@@ -41,33 +41,42 @@ class OnnxRuntimeBackend(Backend):
             bytes(model) if isinstance(model, (bytes, bytearray)) else str(model))
         try:
             self.session = ort.InferenceSession(src, so, providers=list(providers or default_providers()))
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
             where = Path(model).name if isinstance(model, (str, Path)) else "the model"
-            raise SegedgeError(f"onnxruntime cannot load {where}: {str(e).splitlines()[0][:160]}; re-export it "
-                               "with `segedge export`") from None
+            raise SegedgeError(f"onnxruntime cannot load {where}: {first_line(e)}; re-export it with "
+                               "`segedge export`") from e
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self._batch_dim = inp.shape[0] if inp.shape else 1
+        self._spec = InputSpec(tuple(d if isinstance(d, int) else None for d in inp.shape),
+                               _ORT_TYPES.get(inp.type, "float32"))
+        out = self.session.get_outputs()[0]
+        self._out = InputSpec(tuple(d if isinstance(d, int) else None for d in (out.shape or ())),
+                              _ORT_TYPES.get(out.type, "float32"))
         self.threads = threads
         self.description = description
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, **options: Any) -> "OnnxRuntimeBackend":
         """Load an .onnx file and its segedge metadata_props (read through the session: no second parse)."""
-        from ...export.manifest import decode_metadata
-
         backend = cls(str(path), threads=threads, providers=options.get("providers"))
         meta = decode_metadata(backend.session.get_modelmeta().custom_metadata_map)
-        backend.description = meta if "input" in meta and "output" in meta else None
+        backend.description = meta if describes_model(meta) else None
         return backend
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    def output_spec(self) -> InputSpec:
+        return self._out
+
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
         """session.run on the single input; returns the first output."""
         return self.session.run(None, {self.input_name: x})[0]
 
-    @property
-    def supports_batch(self) -> bool:
-        return not isinstance(self._batch_dim, int) or self._batch_dim != 1
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment] - drops the native session now, not at garbage collection
+        super().close()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "providers": self.session.get_providers(), "threads": self.threads}
+        return {"backend": self.name, "providers": self.session.get_providers() if self.session else [],
+                "threads": self.threads}

@@ -1,4 +1,8 @@
-"""PyTorch backend: runs a segedge checkpoint (or any in-memory model) eagerly, the reference for every export."""
+"""PyTorch backend: runs a segedge checkpoint (or any in-memory model) eagerly, the reference for every export.
+
+The only backend that needs torch; the others never import it. Forward passes under inference_mode are safe to run
+from several threads on one module.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 
 from ...errors import SegedgeError
 from . import register_backend
-from .base import Backend
+from .base import Backend, InputSpec
 
 
 def checkpoint_model_name(path: str | Path) -> str | None:
@@ -29,16 +33,16 @@ def checkpoint_model_name(path: str | Path) -> str | None:
 
 
 def describe_pretrained(cfg: dict[str, Any], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Manifest-style keys for a model built by create_model (float io, logits at the output stride)."""
+    """The contract of a model built by create_model (float io, logits at the output stride), as manifest keys."""
+    from ...contract import DynamicAxes, InputContract, ModelContract, OutputContract
+
     h, w = input_size or tuple(cfg["input_size"])
-    return {
-        "model": cfg["model"], "family": cfg["family"], "num_classes": cfg["num_classes"],
-        "class_names": cfg["class_names"],
-        "input": {"height": int(h), "width": int(w), "layout": "NCHW", "color_order": "RGB", "dtype": "float32",
-                  "mean": list(cfg["mean"]), "std": list(cfg["std"]), "io": "float",
-                  "dynamic": {"batch": True, "height": True, "width": True}},
-        "output": {"kind": "logits", "stride": int(cfg["output_stride"]), "dtype": "float32"},
-    }
+    return ModelContract(
+        num_classes=int(cfg["num_classes"]), class_names=list(cfg["class_names"]),
+        input=InputContract(int(h), int(w), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                            dynamic=DynamicAxes(True, True, True)),
+        output=OutputContract(stride=int(cfg["output_stride"])), model=cfg["model"], family=cfg["family"],
+    ).to_dict()
 
 
 @register_backend
@@ -47,6 +51,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     suffixes = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+    toolkit = "torch"
 
     def __init__(self, module: Any, threads: int | None = None, description: dict[str, Any] | None = None) -> None:
         import torch
@@ -74,13 +79,30 @@ class TorchBackend(Backend):
         size = options.get("input_size")
         return cls(model, threads=threads, description=describe_pretrained(model.pretrained_cfg, size))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def input_spec(self) -> InputSpec:
+        """Float32 N×3×H×W, any batch and size (the contract's size is what the Segmenter feeds)."""
+        return InputSpec((None, 3, None, None), "float32")
+
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
         """Forward pass without autograd; returns the logits as float32 NumPy."""
         import torch
 
         with torch.inference_mode():
             y = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
         return y.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        """Wait for queued CUDA / MPS work (no-op on CPU)."""
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def close(self) -> None:
+        self.module = None
+        super().close()
 
     def describe(self) -> dict[str, Any]:
         import torch

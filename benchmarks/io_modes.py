@@ -10,24 +10,27 @@ For one model at one input size this compares, on the same labelled frames and i
 
 End-to-end latency is frame in memory → labels at the frame's size (what a video loop pays per frame), timed
 in rotating blocks so machine drift spreads over all variants. mIoU and agreement with `float/exact` are computed
-on the same frames. Run it with `python -m segedge.benchmarks.io_modes --help` (or `benchmarks/io_modes.sh`).
+on the same frames. Run it with `python benchmarks/io_modes.py --help` (or `benchmarks/io_modes.sh`).
+Timing and accuracy go through segedge's own loops: `segedge.benchmarks.timing.time_blocks` (what `segedge bench`
+times with) and `segedge.evaluation.evaluate_predictors`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.metrics import ConfusionMatrix
-from ..errors import SegedgeError
-from ..io import write_json_atomic, write_text_atomic
-from .stats import Agreement, latency_stats, ns_to_ms
+from segedge.benchmarks.stats import latency_stats, ns_to_ms
+from segedge.benchmarks.targets import portable_path
+from segedge.benchmarks.timing import time_blocks
+from segedge.errors import SegedgeError
+from segedge.evaluation import evaluate_predictors
+from segedge.io import write_json_atomic, write_text_atomic
 
 VARIANTS = ("float/fast", "float/exact", "raw", "raw/upsample")
 
@@ -35,59 +38,34 @@ VARIANTS = ("float/fast", "float/exact", "raw", "raw/upsample")
 BLOCK = 10  # calls of one variant in a row (after an untimed one), as `segedge bench` times
 
 
-def time_round_robin(fns: dict[str, Callable[[np.ndarray], Any]], frames: Sequence[np.ndarray], iters: int,
-                     warmup: int, block: int = BLOCK) -> dict[str, dict[str, float]]:
-    """Latency stats per function, timed in rotating blocks: each round runs every function `block` times in a
-    row (an untimed call first, so no timed call starts with another variant's data in the caches), the starting
-    function rotating from round to round; `iters` timed calls per function."""
+def time_variants(fns: dict[str, Callable[[np.ndarray], Any]], frames: Sequence[np.ndarray], iters: int,
+                  warmup: int, block: int = BLOCK) -> dict[str, dict[str, float]]:
+    """Latency stats per function, timed in rotating blocks by `time_blocks` (as `segedge bench` times): round r
+    runs every function on frame r, `block` times in a row after an untimed call, the first function rotating
+    from round to round; `warmup` untimed rounds first, then `iters` timed calls per function."""
     names = list(fns)
-    for i in range(warmup):
-        for n in names:
-            fns[n](frames[i % len(frames)])
-    durations: dict[str, list[int]] = {n: [] for n in names}
-    done, r = 0, 0
-    while done < iters:
-        k = r % len(names)
-        count = min(block, iters - done)
-        for n in names[k:] + names[:k]:
-            fns[n](frames[(done - 1) % len(frames)])
-            for j in range(count):
-                frame = frames[(done + j) % len(frames)]
-                t0 = time.perf_counter_ns()
-                fns[n](frame)
-                durations[n].append(time.perf_counter_ns() - t0)
-        done += count
-        r += 1
-    return {n: latency_stats(ns_to_ms(d)) for n, d in durations.items()}
+    (durations,) = time_blocks(names, [lambda n, r: partial(fns[n], frames[r % len(frames)])], warmup, iters,
+                               block)
+    return {n: latency_stats(ns_to_ms(d)) for n, d in zip(names, durations)}
 
 
 def accuracy(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], pairs: Sequence[tuple[np.ndarray, np.ndarray]],
              num_classes: int, class_names: list[str], reference: str) -> dict[str, dict[str, Any]]:
     """mIoU, pixel accuracy and agreement with the `reference` predictor for each predictor on the same pairs."""
-    cms = {n: ConfusionMatrix(num_classes) for n in predictors}
-    agree = {n: Agreement() for n in predictors}
-    for frame, label in pairs:
-        ref = predictors[reference](frame)
-        for n, p in predictors.items():
-            pred = ref if n == reference else p(frame)
-            cms[n].update(pred, label)
-            agree[n].update(pred, ref)
-    out = {}
-    for n, cm in cms.items():
-        m = cm.compute(class_names)
-        out[n] = {"miou": float(m.miou), "pixel_acc": float(m.pixel_acc), "agreement_vs_exact": agree[n].value,
-                  "frames": len(pairs)}
-    return out
+    res = evaluate_predictors(predictors, pairs, num_classes, class_names,
+                              references={n: reference for n in predictors})
+    return {n: {"miou": float(m.miou), "pixel_acc": float(m.pixel_acc), "agreement_vs_exact": res.agreement[n],
+                "frames": res.frames} for n, m in res.metrics.items()}
 
 
 def run(model: str, weights: str | None, data: Path, dataset: str, split: str, input_size: tuple[int, int] | None,
         target: str, calib: str | None, limit: int | None, iters: int, warmup: int, threads: int | None,
         out: Path, exports: Path) -> dict[str, Any]:
     """Export the float and raw variants (reusing existing folders), then measure latency and accuracy."""
-    from ..data.datasets import open_dataset
-    from ..export.pipeline import ExportOptions, export_model
-    from ..runtime import Segmenter
-    from .machine import machine_info
+    from segedge.benchmarks.machine import machine_info
+    from segedge.data.datasets import open_dataset
+    from segedge.export.pipeline import ExportOptions, export_model
+    from segedge.runtime import Segmenter
 
     ds = open_dataset(dataset, data, split)
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -102,7 +80,7 @@ def run(model: str, weights: str | None, data: Path, dataset: str, split: str, i
         opts = ExportOptions(model=model, weights=weights, targets=target, input_size=input_size, calib=calib,
                              io=io, upsample=upsample, out=folder)
         res = export_model(opts)
-        folders[io + ("/upsample" if upsample else "")] = str(res.out_dir)
+        folders[io + ("/upsample" if upsample else "")] = portable_path(res.out_dir)
         if io == "float":
             base = Segmenter.load(res.out_dir, target=target, threads=threads, postprocess="fast")
             segs["float/fast"] = base
@@ -111,22 +89,21 @@ def run(model: str, weights: str | None, data: Path, dataset: str, split: str, i
             segs["raw/upsample" if upsample else "raw"] = Segmenter.load(res.out_dir, target=target, threads=threads)
     predictors = {k: s.predict for k, s in segs.items()}
     frames = [f for f, _ in pairs]
-    lat = time_round_robin(predictors, frames, iters, warmup)
+    lat = time_variants(predictors, frames, iters, warmup)
     acc = accuracy(predictors, pairs, ds.num_classes, ds.class_names, reference="float/exact")
     info = segs["float/fast"].info
     # Post-processing alone, on the same logits: what fast vs exact costs once inference is done.
-    from ..runtime.postprocess import to_labels
+    from segedge.runtime.postprocess import to_labels
 
-    outs = [np.asarray(segs["float/fast"].logits(f)) for f in frames[:8]]
-    sizes = [f.shape[:2] for f in frames[:8]]
-    post = time_round_robin({m: (lambda i, m=m: to_labels(outs[int(i[0])], sizes[int(i[0])], m)) for m in
-                             ("fast", "exact")}, [np.array([i]) for i in range(len(outs))], iters, warmup)
+    outs = [(np.asarray(segs["float/fast"].logits(f)), f.shape[:2]) for f in frames[:8]]
+    post = time_variants({m: (lambda o, m=m: to_labels(o[0], o[1], m)) for m in ("fast", "exact")}, outs, iters,
+                         warmup)
     results = {
         "format": "segedge-io-modes/1", "model": model, "target": target,
         "input_size": list(info.input_size), "frame_size": list(frames[0].shape[:2]),
-        "dataset": {"name": dataset, "root": str(data), "split": split, "frames": n},
+        "dataset": {"name": dataset, "root": portable_path(data), "split": split, "frames": n},
         "timing": {"iters": iters, "warmup": warmup, "threads": threads,
-                   "order": f"rotating blocks of {BLOCK} (an untimed call opening each)",
+                   "order": f"rotating blocks of {BLOCK} (an untimed call opening each), one frame per round",
                    "what": "frame in memory -> labels at frame size (pre-process + inference + post-process)"},
         "exports": folders,
         "variants": {k: {"latency": lat[k], **acc[k]} for k in predictors},
@@ -161,10 +138,10 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: python -m segedge.benchmarks.io_modes --model b0 --data CAMVID."""
-    from ..models import parse_size
+    """Command-line entry: python benchmarks/io_modes.py --model b0 --data CAMVID."""
+    from segedge.models import parse_size
 
-    ap = argparse.ArgumentParser(prog="python -m segedge.benchmarks.io_modes", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/io_modes.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--weights", default=None, help="checkpoint (default: the embedded demo weights)")
     ap.add_argument("--data", required=True, type=Path)
