@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "export",    # segedge export
     "bench",     # segedge bench
     "doctor",    # segedge doctor
+    "run",       # segedge run
 ]
 
 # Recent Typer vendors Click (typer._click), older Typer uses click itself: find the classes through public names.

@@ -25,6 +25,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "segedge-export/1"
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale, as mmseg
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# Largest input side segedge accepts anywhere (export, training, evaluation): 4096 covers 4K frames; SegFormer's
+# stage-1 attention grows with the square of the pixel count, so larger inputs are refused before allocating.
+MAX_INPUT_SIDE = 4096
 IO_MODES = ("float", "raw")
 COLOR_ORDERS = ("BGR", "RGB")
 OUTPUT_KINDS = ("logits", "labels")
@@ -89,6 +92,10 @@ class InputContract:
             raise _bad(f"input io '{self.io}' is not one of {', '.join(IO_MODES)}")
         if self.color_order not in COLOR_ORDERS:
             raise _bad(f"colour order '{self.color_order}' is not BGR or RGB")
+        if self.io == "raw" and (self.layout, self.dtype) != ("NHWC", "uint8"):
+            raise _bad(f"input io 'raw' takes uint8 NHWC frames but the input is {self.dtype} {self.layout}")
+        if self.io == "float" and (self.layout != "NCHW" or self.dtype == "uint8"):
+            raise _bad(f"input io 'float' takes normalised NCHW floats but the input is {self.dtype} {self.layout}")
         for what, vals in (("mean", self.mean), ("std", self.std)):
             if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
                 raise _bad(f"input {what} must be three finite numbers (R, G, B), got {list(vals)}")
@@ -144,6 +151,8 @@ class OutputContract:
         if stride < 1:
             raise _bad(f"output stride {stride} is not positive")
         size = d.get("size")
+        if size and (not isinstance(size, (list, tuple)) or len(size) != 2):
+            raise _bad(f"output size must be [height, width], got {size!r}")
         return cls(kind=kind, stride=stride, dtype=str(d.get("dtype", "uint8" if kind == "labels" else "float32")),
                    name=str(d.get("name", "labels" if kind == "labels" else "logits")),
                    size=(int(size[0]), int(size[1])) if size else None)
@@ -206,7 +215,7 @@ class ModelContract:
             )
         except KeyError as e:
             raise _bad(f"key {e} is missing") from e
-        except (TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError, AttributeError, IndexError) as e:
             raise _bad(f"{type(e).__name__}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,7 +255,18 @@ class TargetEntry:
             raise _bad("a target entry has no 'file'")
         known = {f.name for f in fields(cls)} - {"extra"}
         kw = {k: d[k] for k in known if k in d}
-        kw["companion_files"] = dict(d.get("companion_files") or {})
+        companions = d.get("companion_files") or {}
+        if not isinstance(companions, Mapping) or not all(isinstance(v, Mapping) for v in companions.values()):
+            raise _bad(f"target file {d['file']}: 'companion_files' must map file names to {{size_bytes, sha256}}")
+        for what, v in (("size_bytes", d.get("size_bytes")),
+                        *((f"{c} size_bytes", m.get("size_bytes")) for c, m in companions.items())):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise _bad(f"target file {d['file']}: {what} must be a whole number of bytes, got {v!r}")
+        for what, v in (("sha256", d.get("sha256")),
+                        *((f"{c} sha256", m.get("sha256")) for c, m in companions.items())):
+            if v is not None and not isinstance(v, str):
+                raise _bad(f"target file {d['file']}: {what} must be a hex string, got {v!r}")
+        kw["companion_files"] = dict(companions)
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SegedgeError(Exception):
     """An error caused by user input (bad flag, file, checkpoint, data) rather than a bug in segedge."""
@@ -24,6 +26,14 @@ class LabelRangeError(DataError):
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first non-empty line of an exception's message (its type name when empty), cut to `limit` characters."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    """The first informative line of an exception's message (its type name when empty), cut to `limit` characters.
+
+    Lines that are only a source location (OpenVINO's "Exception from src/inference/src/cpp/core.cpp:84:") are
+    skipped: they name where the library failed, not why.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _LOCATION_ONLY.match(ln)]
+    return (useful or lines or [type(exc).__name__])[0][:limit]
+
+
+_LOCATION_ONLY = re.compile(r"^(Exception from )?[\w./\\-]+\.(cpp|cc|c|hpp|h):\d+:?$")

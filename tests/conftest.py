@@ -38,10 +38,8 @@ def write_pairs(img_dir: Path, lab_dir: Path, n: int, h: int, w: int, seed: int 
         cv2.imwrite(str(lab_dir / f"{stem[1] if isinstance(stem, tuple) else stem}{lab_suffix}"), out)
 
 
-@pytest.fixture
-def camvid_like(tmp_path: Path) -> Path:
-    """A CamVid-layout folder (train/trainannot/val/valannot) with 11 classes + void 11."""
-    root = tmp_path / "camvid"
+def write_camvid_like(root: Path) -> Path:
+    """A CamVid-layout folder (train/trainannot/val/valannot) with 11 classes + void 11, at `root`."""
     def to_camvid(lab):  # spread synthetic classes over CamVid ids, with some void
         out = np.array([3, 0, 8], np.uint8)[lab]
         out[:2, :] = 11
@@ -51,9 +49,26 @@ def camvid_like(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def camvid_like(tmp_path: Path) -> Path:
+    """A CamVid-layout folder (train/trainannot/val/valannot) with 11 classes + void 11."""
+    return write_camvid_like(tmp_path / "camvid")
+
+
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
     """The real CamVid copy in ../shared, or skip with a message."""
     if not (CAMVID / "val").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID} (set SEGEDGE_CAMVID); its licence forbids shipping it here")
     return CAMVID
+
+
+def slow_except(values, keep, ids=None) -> list:
+    """Parametrize values, all but those in `keep` marked slow: the fast suite runs a sample of an expensive matrix
+    (every case runs with `-m slow` / `make test-all`)."""
+    out = []
+    for i, v in enumerate(values):
+        name = ids[i] if ids is not None else v
+        marks = () if name in keep else (pytest.mark.slow,)
+        out.append(pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=marks, id=str(name)))
+    return out

@@ -16,7 +16,8 @@ def evaluate_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset root folder."),
     dataset: str = typer.Option("camvid", "--dataset", help="camvid | cityscapes | ade20k | folder"),
     split: str = typer.Option("val", "--split"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW (default: the checkpoint's)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size",
+                                             help="HxW, at most 4096 per side (default: the checkpoint's)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples only."),
     strict: bool = typer.Option(False, "--strict", help="Fail on unreadable samples instead of skipping them."),
@@ -30,19 +31,31 @@ def evaluate_cmd(
     from ..data.datasets import open_dataset
     from ..errors import SegedgeError
     from ..evaluation import evaluate, torch_predictor
-    from ..models import create_model, validate_input_size
+    from ..models import create_model, get_spec, validate_input_size
+    from ..training.limits import MAX_CLASSES, check_inference_memory, check_int, check_side_limit
     from . import parse_size_strict
 
     console = Console(stderr=True)
+    # Cheap checks first: a bad flag is reported before the dataset or the weights are read.
+    if num_classes is not None:
+        check_int("--num-classes", num_classes, low=1, high=MAX_CLASSES, hint="labels are 8-bit with 255 as ignore")
+    if limit is not None:
+        check_int("--limit", limit, low=1, hint="omit it to evaluate every frame")
+    if input_size is not None:
+        validate_input_size(get_spec(model).name, check_side_limit("--input-size", parse_size_strict(input_size)))
     ds = open_dataset(dataset, data, split, num_classes=num_classes, strict=strict)
     net = create_model(model, weights=weights or "default")
-    if weights is None:
-        console.print(f"using the embedded demo weights: {net.pretrained_cfg['weights']}")
     cfg = net.pretrained_cfg
     if cfg["num_classes"] != ds.num_classes:
         raise SegedgeError(f"the model predicts {cfg['num_classes']} classes but {ds.name} has {ds.num_classes}; "
                            "use weights trained on this dataset")
-    size = validate_input_size(model, parse_size_strict(input_size) if input_size else tuple(cfg["input_size"]))
+    size = validate_input_size(model, check_side_limit(
+        "--input-size", parse_size_strict(input_size) if input_size else tuple(cfg["input_size"])))
+    device = next(net.parameters()).device
+    check_inference_memory(net, size, device, f"evaluating {cfg['model']} at {size[0]}x{size[1]}",
+                           "use a smaller --input-size")
+    if weights is None:  # after the checks, so that a refused run prints its error line alone
+        console.print(f"using the embedded demo weights: {cfg['weights']}")
     pred = torch_predictor(net, size, cfg["mean"], cfg["std"])
     with Progress(console=console, transient=True, disable=as_json) as prog:
         task = prog.add_task(f"evaluating {cfg['model']} on {ds.name}/{split}", total=min(limit or len(ds), len(ds)))

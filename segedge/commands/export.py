@@ -24,7 +24,8 @@ def export_cmd(
     calib: Optional[str] = typer.Option(None, "--calib",
                                         help="Calibration / check frames: image folder, video file, or "
                                              "DATASET:ROOT[:SPLIT] (default: the synthetic street frames shipped with segedge)."),
-    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Calibration frames to use (default 32)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", min=1,
+                                              help="Calibration frames to use (default 32)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax | entropy | percentile"),
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the frame selection."),
     video_step: Optional[int] = typer.Option(None, "--video-step", min=1,

@@ -14,40 +14,50 @@ def train(
     model: str = typer.Option(..., "--model", help="Model name (segedge models lists them)."),
     data: Path = typer.Option(..., "--data", help="Dataset root folder."),
     dataset: str = typer.Option("camvid", "--dataset", help="camvid | cityscapes | ade20k | folder"),
-    input_size: str = typer.Option("384x512", "--input-size", help="Model input HxW (scale 1.0 of the augmentation)."),
-    crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop HxW (default: input size)."),
+    input_size: str = typer.Option("384x512", "--input-size",
+                                   help="Model input HxW (scale 1.0 of the augmentation), at most 4096 per side."),
+    crop_size: Optional[str] = typer.Option(None, "--crop-size",
+                                            help="Training crop HxW (default: input size), at most 4096 per side."),
     epochs: int = typer.Option(0, "--epochs", help="Schedule length in epochs (or use --iters)."),
     iters: int = typer.Option(0, "--iters", help="Schedule length in iterations."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay"),
-    warmup_iters: int = typer.Option(300, "--warmup-iters"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per iteration (memory is estimated and "
+                                   "a batch the machine cannot hold is refused before training)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate, in (0, 1]."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay, >= 0."),
+    warmup_iters: int = typer.Option(300, "--warmup-iters", help="Linear warm-up length, >= 0."),
     val_every: int = typer.Option(500, "--val-every", min=1, help="Validate (and checkpoint) every N iterations."),
     class_weighting: str = typer.Option("sqrt-median", "--class-weighting", help="sqrt-median | none"),
-    amp: str = typer.Option("none", "--amp", help="none | bf16 (CPU with AVX-512 BF16, ≈2× for SegFormer) | fp16 (CUDA)"),
+    amp: str = typer.Option("none", "--amp",
+                            help="none | bf16 (CPU with AVX-512 BF16, ≈2× for SegFormer) | fp16 (CUDA only)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the backbone from a checkpoint."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads, >= 1 (default: all)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: best/last checkpoints, logs, summary."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from out/last.safetensors + train_state.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from out/last.safetensors + train_state.pt "
+                                "(a pair that does not match is refused)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on unreadable samples instead of skipping them."),
 ) -> None:
     """Train with AdamW + poly schedule, augmentation, periodic val mIoU; best/last checkpoints in segedge format."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..training.trainer import TrainConfig, Trainer
+    from ..training.config import TrainConfig, validate_config
     from . import parse_size_strict
 
     cfg = TrainConfig(
-        model=model, data=str(data), dataset=dataset, out=str(out), input_size=parse_size_strict(input_size),
-        crop_size=parse_size_strict(crop_size) if crop_size else None, iters=iters, epochs=epochs,
+        model=model, data=str(data), dataset=dataset, out=str(out), iters=iters, epochs=epochs,
         batch_size=batch_size, strict=strict,
         lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, val_every=val_every,
         class_weighting=class_weighting, amp=amp, num_classes=num_classes, weights=str(weights) if weights else None,
         threads=threads, seed=seed, command="segedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
+    validate_config(cfg)  # the plain options first, before torch is imported: a bad flag is reported at once
+    cfg.input_size = parse_size_strict(input_size)
+    cfg.crop_size = parse_size_strict(crop_size) if crop_size else None
+
+    from ..training.trainer import Trainer
+
     console = Console(stderr=True)
     # The bar lives on stderr and only on a terminal; the log lines (every 20 iterations) serve nohup'd runs.
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),

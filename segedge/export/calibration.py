@@ -16,6 +16,7 @@ count and graph reuses it instead of re-running calibration.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 # Package data (see pyproject's package-data), found next to this module, never relative to cwd or a checkout.
 DEFAULT_CALIB_DIR = Path(__file__).resolve().parents[1] / "assets" / "frames"
 DEFAULT_CALIB_COUNT = 32
+MIN_FRAME_SIDE = 32  # a frame is resized to the model size: tinier ones carry no statistics worth having
 DEFAULT_VIDEO_STEP = 15
 METHODS = ("minmax", "entropy", "percentile")
 TABLE_FORMAT = "segedge-calibration-table/1"
@@ -51,6 +53,11 @@ class CalibrationFrames:
     skipped: int = 0  # unreadable image files passed over while selecting
 
     def __post_init__(self) -> None:
+        for frame, name in zip(self.frames, self.names):
+            if min(frame.shape[:2]) < MIN_FRAME_SIDE:
+                raise DataError(f"calibration frame {name} is {frame.shape[1]}x{frame.shape[0]} px: too small to "
+                                f"calibrate on (at least {MIN_FRAME_SIDE} px per side); pass real camera frames "
+                                "with --calib")
         if not self.sha256:
             self.sha256 = frames_sha256(self.frames)
 
@@ -124,6 +131,9 @@ def _from_folder(folder: Path, count: int, seed: int) -> CalibrationFrames:
 
 
 def _from_video(path: Path, count: int, step: int | None) -> CalibrationFrames:
+    # FFmpeg prints its own errors ("moov atom not found") on stderr; the DataError below says it in one line. Read
+    # by OpenCV when it first opens a video, so this is set before; a value the user set is kept.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -195,6 +205,17 @@ def _dataset_spec(text: str) -> tuple[str, str, str] | None:
     return name.lower(), root, split or "train"
 
 
+def _dataset_hint(text: str) -> str:
+    """' (unknown dataset 'camvdi': did you mean 'camvid'?)' when `text` looks like a mistyped DATASET:ROOT."""
+    name = text.split(":", 1)[0]
+    if ":" not in text or not name.isidentifier():
+        return ""
+    from ..data.datasets import DATASETS
+
+    close = DATASETS.suggest(name)
+    return f" (unknown dataset '{name}': did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def default_calibration_dir() -> Path:
     """The shipped default frames (package data); a DataError naming the fix when the install lacks them."""
     if not DEFAULT_CALIB_DIR.is_dir() or not any(p.suffix.lower() in IMAGE_EXTS for p in DEFAULT_CALIB_DIR.iterdir()):
@@ -227,8 +248,8 @@ def load_calibration_frames(source: Any = None, count: int | None = None, seed: 
 
             name, root, split = spec
             return _from_dataset(open_dataset(name, root, split), count, seed, f"{name}:{root}:{split}")
-        raise DataError(f"calibration source {source} does not exist; pass a folder of images, a video file or "
-                        "DATASET:ROOT[:SPLIT] (e.g. camvid:/data/camvid:train)")
+        raise DataError(f"calibration source {source} does not exist{_dataset_hint(str(source))}; pass a folder of "
+                        "images, a video file or DATASET:ROOT[:SPLIT] (e.g. camvid:/data/camvid:train)")
     if hasattr(source, "samples"):
         return _from_dataset(source, count, seed, repr(source))
     if isinstance(source, np.ndarray):

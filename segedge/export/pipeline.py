@@ -10,6 +10,7 @@ and otherwise refused (`--replace` drops them).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContract, Manifest, ModelContract,
-                        OutputContract, TargetEntry, tool_versions, utc_now)
+                        OutputContract, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
 from ..io import sha256_file
 from ..models import create_model, default_weights, get_spec, parse_size, validate_input_size
@@ -107,6 +108,10 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"output path {out} exists and is not a folder; choose another --out")
     parent = Path(os.path.abspath(out)).parent
+    blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(f"cannot create output folder {out}: {blocker} is a file, not a folder; choose another "
+                          "--out")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -221,6 +226,8 @@ def _check_options(opts: ExportOptions) -> tuple[Any, str, str]:
                           "TensorRT 8.5 / JetPack 5)")
     if opts.calib_count is not None and int(opts.calib_count) <= 0:
         raise SegedgeError(f"--calib-count must be positive, got {opts.calib_count}")
+    if isinstance(opts.val, (str, Path)) and not Path(opts.val).is_dir():  # before the weights load and the trace
+        raise ExportError(f"--val folder not found: {opts.val}; pass a labelled dataset folder")
     return spec, io, raw_color
 
 
@@ -236,10 +243,30 @@ def _load_model(spec: Any, opts: ExportOptions, notes: list[str]) -> tuple[torch
         notes.append(f"no --weights given: using the embedded demo checkpoint {demo.name}")
     # Parse/validate the size before loading weights so a typo fails fast.
     size = validate_input_size(spec.name, parse_size(opts.input_size)) if opts.input_size is not None else None
+    if size is not None:
+        _check_memory(spec.name, size)
     model = create_model(spec.name, weights=weights).eval()
     if size is None:
         size = validate_input_size(spec.name, parse_size(model.pretrained_cfg["input_size"]))
+        _check_memory(spec.name, size)
     return model, size
+
+
+# An export holds PyTorch's forward, the traced graph and an ONNX Runtime session of it at once.
+_EXPORT_MEMORY_FACTOR = 3
+
+
+def _check_memory(name: str, size: tuple[int, int]) -> None:
+    """Refuse an input size whose export would not fit in the memory available now (estimated, before allocating)."""
+    import psutil
+
+    from ..models.registry import estimate_forward_bytes
+
+    need = _EXPORT_MEMORY_FACTOR * estimate_forward_bytes(name, size)
+    have = psutil.virtual_memory().available
+    if need > have:
+        raise ExportError(f"exporting {name} at {size[0]}x{size[1]} needs about {need / 1e9:.1f} GB of memory and "
+                          f"{have / 1e9:.1f} GB are available; choose a smaller --input-size")
 
 
 def _resolve(opts: ExportOptions, say: Callable[[str], None]) -> _Plan:
@@ -484,6 +511,11 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
         pause_point("export:staged")
         say("writing the export folder")
         _commit(txn, old, manifest, staged, graph_sha, plan.notes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and (e.filename is None or txn.stage.name in str(e.filename)):
+            # The staged files vanish with the abort: name the folder the user asked for, not one of them.
+            raise OSError(e.errno, e.strerror, str(out)) from e
+        raise
     finally:
         txn.abort()  # a no-op once committed: the staging folder has become the export folder
     data = manifest.to_dict()

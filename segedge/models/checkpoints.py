@@ -33,10 +33,9 @@ class LoadedCheckpoint:
     backbone_only: bool = False
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict[str, Any],
-                    dtype: torch.dtype | None = None) -> Path:
-    """Save a model in segedge format (safetensors, metadata JSON in the header), atomically."""
-    from safetensors.torch import save_file
+def checkpoint_bytes(model: torch.nn.Module, meta: dict[str, Any], dtype: torch.dtype | None = None) -> bytes:
+    """A segedge checkpoint (safetensors, metadata JSON in the header) as bytes, e.g. to hash before writing."""
+    from safetensors.torch import save
 
     sd = {}
     for k, v in model.state_dict().items():
@@ -44,10 +43,16 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict[str, An
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         sd[k] = v.clone()
-    header = {"format": SEGEDGE_FORMAT, "segedge": json.dumps(meta, default=str)}
+    return save(sd, metadata={"format": SEGEDGE_FORMAT, "segedge": json.dumps(meta, default=str)})
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict[str, Any],
+                    dtype: torch.dtype | None = None) -> Path:
+    """Save a model in segedge format (safetensors, metadata JSON in the header), atomically."""
     path = Path(path)
+    data = checkpoint_bytes(model, meta, dtype)
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata=header)
+        tmp.write_bytes(data)
     return path
 
 

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..contract import MAX_INPUT_SIDE
 from ..errors import SegedgeError
 from ..plugins import Registry
 
@@ -48,12 +49,37 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
 
 
+# Peak activation bytes per input pixel of one batch-1 eager forward on CPU, measured for B0 and TopFormer-T at
+# 512-1024 px (ru_maxrss growth), without SegFormer's attention matrices (counted separately below).
+_BYTES_PER_PIXEL = {"segformer": 900.0, "topformer": 300.0}
+_SEGFORMER_STAGES = ((4, 8, 1), (8, 4, 2), (16, 2, 5), (32, 1, 8))  # (stride, spatial reduction, heads)
+
+
+def estimate_forward_bytes(name: str, size: tuple[int, int]) -> int:
+    """Estimated peak memory of one batch-1 forward pass at `size` (activations and attention, not weights)."""
+    spec = get_spec(name)
+    px = float(size[0]) * float(size[1])
+    per_px = _BYTES_PER_PIXEL.get(spec.family, 1000.0)
+    if spec.family == "segformer":
+        dims, dec = spec.config["embed_dims"], spec.config["decoder_dim"]
+        linear = per_px * px * (sum(dims) + 4 * dec) / (512 + 4 * 256)  # relative to B0's widths
+        # Each stage frees its attention matrices before the next: the largest one counts (scores + softmax copy).
+        attention = max(4.0 * 2 * heads * (px / s ** 2) * (px / (s * r) ** 2) for s, r, heads in _SEGFORMER_STAGES)
+        return int(linear + attention)
+    variant_scale = {"t": 1.0, "s": 1.6, "b": 2.2}.get(str(spec.config.get("variant")), 2.2)
+    return int(per_px * px * variant_scale)
+
+
 def validate_input_size(name: str, size: tuple[int, int]) -> tuple[int, int]:
     """Check an (H, W) input size against the family's rules; raise a clear error naming valid sizes."""
     spec = get_spec(name)
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise SegedgeError(f"input size {h}x{w} must be positive, e.g. {spec.default_input_size[0]}x{spec.default_input_size[1]}")
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise SegedgeError(f"input size {h}x{w} is larger than segedge allows ({MAX_INPUT_SIDE} per side; about "
+                           f"{estimate_forward_bytes(spec.name, (h, w)) / 1e9:.0f} GB for one frame of {spec.name}); "
+                           "choose a smaller --input-size (frames of any size are resized to it)")
     m = spec.size_multiple
     if h % m or w % m:
         def near(v: int) -> str:

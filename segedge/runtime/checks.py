@@ -83,7 +83,7 @@ def verify_files(folder: Path, target: str, entry: TargetEntry, mode: str) -> No
         if not p.is_file():
             raise SegedgeError(f"{folder}/{MANIFEST_NAME} lists {name} for target '{target}' but the file is "
                                "missing; re-run `segedge export`")
-        fix = (f"re-run `segedge export` (or load with verify='off' to run it anyway)")
+        fix = "re-run `segedge export` (or load with verify='off' to run it anyway)"
         if size is not None and p.stat().st_size != int(size):
             raise SegedgeError(f"{p.name} is {p.stat().st_size} bytes but {MANIFEST_NAME} recorded {size} for target "
                                f"'{target}': the file was replaced or truncated; {fix}")

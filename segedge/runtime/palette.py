@@ -4,6 +4,7 @@ deterministic golden-ratio HSV palette."""
 from __future__ import annotations
 
 import colorsys
+import numbers
 from typing import Sequence
 
 import cv2
@@ -51,16 +52,41 @@ def palette_for(class_names: Sequence[str]) -> np.ndarray:
 
 def colorize(labels: np.ndarray, palette_rgb: np.ndarray) -> np.ndarray:
     """H×W labels → H×W×3 BGR colours (labels outside the palette, e.g. 255 ignore, are black)."""
-    lut = np.zeros((max(256, len(palette_rgb)), 3), np.uint8)
+    lut = np.zeros((max(256, len(palette_rgb), int(labels.max(initial=0)) + 1), 3), np.uint8)
     lut[:len(palette_rgb)] = palette_rgb[:, ::-1]
     return lut[labels]
 
 
+def check_labels(labels: object, num_classes: int | None = None) -> np.ndarray:
+    """An H×W integer label map (uint8 / uint16 / int with values ≥ 0), or one line naming what is wrong."""
+    from ..errors import SegedgeError
+
+    if not isinstance(labels, np.ndarray):
+        raise SegedgeError(f"labels must be an H×W integer numpy array (what predict returns), got "
+                           f"{type(labels).__name__}")
+    if labels.ndim != 2 or labels.size == 0:
+        raise SegedgeError(f"labels must be an H×W array (what predict returns), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SegedgeError(f"labels must hold integer class indices, got {labels.dtype}; pass what predict returns "
+                           "(uint8), or labels.astype(np.uint8) after checking they are whole numbers")
+    if labels.min() < 0:
+        raise SegedgeError(f"labels hold negative values (min {int(labels.min())}); class indices start at 0")
+    if labels.dtype != np.uint8:
+        labels = labels.astype(np.uint16 if labels.max() > 255 else np.uint8)
+    return labels
+
+
 def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend class colours over a BGR frame (labels resized nearest to the frame if needed)."""
+    """Blend class colours over a BGR frame (labels resized nearest to the frame if needed; values outside the
+    palette, such as 255 ignore, are left black)."""
+    from ..errors import SegedgeError
+
+    labels = check_labels(labels)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= float(alpha) <= 1.0:
+        raise SegedgeError(f"alpha must be a number from 0 (frame only) to 1 (colours only), got {alpha!r}")
     h, w = frame_bgr.shape[:2]
     if labels.shape[:2] != (h, w):
         labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
     color = colorize(labels, palette_rgb)
-    a = float(np.clip(alpha, 0.0, 1.0))
+    a = float(alpha)
     return cv2.addWeighted(frame_bgr, 1.0 - a, color, a, 0.0)

@@ -12,7 +12,7 @@ manifest), or a segedge checkpoint (.safetensors → PyTorch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -95,6 +95,9 @@ class Segmenter:
                 contract, target = man.contract.to_dict(), target or found_target
                 verify_files(p.parent, found_target, entry, verify)
         cls_ = get_backend(backend) if backend else backend_for_path(p)
+        if backend and cls_.suffixes and p.suffix.lower() not in cls_.suffixes:
+            raise SegedgeError(f"backend '{cls_.name}' opens {', '.join(cls_.suffixes)} files, not {p.name}; drop "
+                               f"backend= (the file picks its own) or pass a file that backend opens")
         if entry is not None:
             options = {"manifest_entry": entry, **options}
         be = cls_.open(p, threads=threads, **options)
@@ -170,6 +173,18 @@ class Segmenter:
             return resize_labels(out.astype(np.uint8, copy=False), size)
         return to_labels(out, size, self.postprocess)
 
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The model's output for a batch from `prepare` (logits, or labels for raw-io models), one row per frame.
+
+        With `prepare` and `labels_from_output` this is `predict` in three steps, so a pipeline can run
+        pre-processing + inference and post-processing in different threads.
+        """
+        return self._run(batch)
+
+    def labels_from_output(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """One row of `infer`'s output → H×W uint8 labels at `size` (the frame's (H, W)), as `predict` returns."""
+        return self._labels(out, size)
+
     def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
         """H×W uint8 labels at the frame's own size."""
         frame = check_frame(frame_bgr)
@@ -178,6 +193,12 @@ class Segmenter:
 
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """`predict` for several frames (sizes may differ), in one batched run when the model allows it."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 4:
+            frames = list(frames)  # an N×H×W×C batch array
+        if isinstance(frames, (np.ndarray, str, bytes)) or not isinstance(frames, Iterable):
+            what = f"an array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+            raise SegedgeError(f"predict_batch takes a list of frames (or an N×H×W×3 array), got {what}; for one "
+                               "frame use predict")
         checked = [check_frame(f) for f in frames]
         if not checked:
             return []
@@ -196,4 +217,4 @@ class Segmenter:
         frame = check_frame(frame_bgr)
         if labels is None:
             labels = self.predict(frame)
-        return _overlay(frame, np.asarray(labels), self.palette, alpha)
+        return _overlay(frame, labels, self.palette, alpha)

@@ -83,7 +83,6 @@ CamVid's train and val splits come from overlapping video sequences, so val is a
 def main(argv: list[str] | None = None) -> int:
     """python -m segedge.training.release RUN_DIR DST --data CAMVID: evaluate the fp16 weights, write weights + card."""
     import argparse
-    import sys
     import tempfile
 
     from ..data.datasets import open_dataset

@@ -74,8 +74,8 @@ class OpenVINOBackend(Backend):
         try:
             return core.read_model(str(p))
         except Exception as e:  # noqa: BLE001
-            raise SegedgeError(f"{p.name} is not a readable OpenVINO IR ({first_line(e)}); re-export it with "
-                               "`segedge export --target openvino`") from e
+            raise SegedgeError(f"{p.name} + {p.with_suffix('.bin').name} is not a readable OpenVINO IR "
+                               f"({first_line(e)}); re-export it with `segedge export --target openvino`") from e
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, **options: Any) -> "OpenVINOBackend":

@@ -21,6 +21,21 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(floa
               "tensor(int8)": "int8"}
 
 
+def _check_providers(providers: Any, available: Sequence[str]) -> list[Any]:
+    """`providers=` as a list (one name is a list of one), each offered by this onnxruntime build, or one line."""
+    if providers is None:
+        return []
+    if isinstance(providers, (str, tuple)):
+        providers = [providers]  # one name, or one (name, options) pair
+    out = list(providers)
+    for p in out:
+        name = p[0] if isinstance(p, tuple) and p else p
+        if name not in available:
+            raise SegedgeError(f"execution provider {name!r} is not available in this onnxruntime build; choose from "
+                               f"{', '.join(available)} (`segedge doctor` shows what is installed)")
+    return out
+
+
 @register_backend
 class OnnxRuntimeBackend(Backend):
     """An onnxruntime.InferenceSession over an .onnx file, serialized bytes or an onnx.ModelProto."""
@@ -37,10 +52,11 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = int(threads)
+        providers = _check_providers(providers, ort.get_available_providers())
         src = model.SerializeToString() if hasattr(model, "SerializeToString") else (
             bytes(model) if isinstance(model, (bytes, bytearray)) else str(model))
         try:
-            self.session = ort.InferenceSession(src, so, providers=list(providers or default_providers()))
+            self.session = ort.InferenceSession(src, so, providers=providers or default_providers())
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
             where = Path(model).name if isinstance(model, (str, Path)) else "the model"
             raise SegedgeError(f"onnxruntime cannot load {where}: {first_line(e)}; re-export it with "

@@ -72,6 +72,10 @@ class TorchBackend(Backend):
         from ...models import create_model
 
         name = options.get("model") or checkpoint_model_name(path)
+        if not name and Path(path).suffix == ".safetensors":
+            from ...models.checkpoints import read_raw
+
+            read_raw(path)  # an unreadable file fails here with its own message, not "pass model="
         if not name:
             raise SegedgeError(f"{Path(path).name} does not say which model it holds; pass the model name, e.g. "
                                "Segmenter.load(path, model='b0')")
