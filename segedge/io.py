@@ -29,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise SegedgeError(f"cannot write to {path.parent}: {e.strerror}; choose a writable output folder") from None
+        raise SegedgeError(f"cannot write to {path.parent}: {e.strerror}; choose a writable output folder") from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -202,3 +202,18 @@ def test_python_dash_m_end_to_end(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert_one_line_error(bad.returncode, bad.stdout, bad.stderr, "64 or 128")
     assert bad.returncode == 2
+
+
+def test_segedge_debug_prints_the_cause_chain(tmp_path: Path) -> None:
+    """A user error is one line; SEGEDGE_DEBUG=1 adds the chained exceptions behind it (for bug reports)."""
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    cmd = [sys.executable, "-m", "segedge", "info", "--model", "b0", "--weights", str(bad)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1
+    assert plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    debug = subprocess.run(cmd, capture_output=True, text=True, env={**env, "SEGEDGE_DEBUG": "1"}, timeout=300)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert "The above exception was the direct cause" in debug.stderr  # raised `from` its cause, not `from None`
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()

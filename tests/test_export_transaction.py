@@ -61,8 +61,11 @@ def _interrupt(good: Path, tmp_path: Path, point: str, sig: int, new_args: list[
     flag = tmp_path / "paused"
     env = {**os.environ, "SEGEDGE_TEST_PAUSE": point, "SEGEDGE_TEST_PAUSE_FILE": str(flag),
            "PYTHONPATH": str(REPO)}
+    # preexec_fn: a test runner started in the background (`nohup pytest &`) ignores SIGINT, and so would the
+    # child it starts; a user's Ctrl-C reaches a foreground process whose SIGINT has its default disposition.
     proc = subprocess.Popen(_export_cmd(folder, *new_args), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not flag.exists():
         assert proc.poll() is None, proc.communicate()

@@ -44,8 +44,8 @@ def read_artifact_folders(paths: Sequence[str | Path], models: Sequence[str]) ->
                                "model (or add it to --model)")
         try:
             size = (int(man["input"]["height"]), int(man["input"]["width"]))
-        except (KeyError, TypeError, ValueError):
-            raise SegedgeError(f"{folder}/{MANIFEST_NAME} has no input height/width; re-run `segedge export`") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise SegedgeError(f"{folder}/{MANIFEST_NAME} has no input height/width; re-run `segedge export`") from e
         key = (name, size)
         if key in out:
             raise SegedgeError(f"--artifacts {folder} and {out[key].folder} both hold {name} at {size[0]}x{size[1]}; "

@@ -27,7 +27,7 @@ def _writable(out: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise SegedgeError(f"cannot write to --out {out} ({e.strerror or e}); choose a writable folder") from None
+        raise SegedgeError(f"cannot write to --out {out} ({e.strerror or e}); choose a writable folder") from e
 
 
 def _command_line(params: dict) -> list[str]:

@@ -58,7 +58,7 @@ def resolve_model(arg: str, target: Optional[str], say: Callable[[str], None]) -
             raise
         raise SegedgeError(f"no export of {arg} under exports/, and making one needs PyTorch, which is not "
                            f"installed here: run `segedge export --model {arg} --target {target or 'onnx'}` on a "
-                           "machine with `pip install 'segedge[export]'` and pass the export folder") from None
+                           "machine with `pip install 'segedge[export]'` and pass the export folder") from e
     spec = get_spec(arg)  # unknown names: one line with suggestions
     if spec.name != arg:
         found = _find_export(spec.name, target)
@@ -93,7 +93,7 @@ def _check_stats_path(path: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise SegedgeError(f"cannot write --stats to {parent}: {e.strerror or e}; choose a folder you may write "
-                           "to") from None
+                           "to") from e
 
 
 def run_cmd(

@@ -253,7 +253,7 @@ def load_class_names(path: str | Path) -> list[str]:
         else:
             obj = json.loads(text)
     except Exception as e:
-        raise DataError(f"cannot parse class names file {p.name}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot parse class names file {p.name}: {str(e).splitlines()[0]}") from e
     if isinstance(obj, dict) and "classes" in obj:
         obj = obj["classes"]
     if isinstance(obj, dict):

@@ -256,9 +256,9 @@ def load_calibration_frames(source: Any = None, count: int | None = None, seed: 
         source = [source] if source.ndim in (2, 3) else list(source)
     try:
         it = iter(source)
-    except TypeError:
+    except TypeError as e:
         raise SegedgeError(f"cannot calibrate from a {type(source).__name__}: pass a folder, a video, a dataset or "
-                           "an iterable of BGR uint8 frames") from None
+                           "an iterable of BGR uint8 frames") from e
     return _from_items(it, count, type(source).__name__)
 
 
@@ -428,9 +428,9 @@ def get_calibration_table(folder: str | Path, model_path: str | Path, graph_sha2
     reader = FrameDataReader([make_input(f) for f in frames.frames], input_name)
     try:
         ranges = compute_ranges(model_path, reader, method, work_dir=work_dir)
-    except MemoryError:
+    except MemoryError as e:
         raise ExportError(f"{method} calibration ran out of memory on {len(frames)} frames; lower --calib-count or "
-                          "use --calib-method minmax") from None
+                          "use --calib-method minmax") from e
     table = CalibrationTable(method, ranges, len(frames), seed, frames.source, frames.kind, frames.sha256,
                              graph_sha256, frames.names, utc_now(), tool_versions())
     table.save(dest)

@@ -79,7 +79,7 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, opset: int, in
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {msg}; try the default opset 17 or static "
-                          "shapes") from None
+                          "shapes") from e
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -108,7 +108,7 @@ def check(model: Any) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from None
+        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
 
 
 def opset_of(model: Any) -> int:

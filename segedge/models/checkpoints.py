@@ -88,7 +88,7 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str],
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncation / bad headers
         raise CheckpointError(f"{p.name} is not a readable safetensors file ({_first_line(e)}); "
-                              "the file may be truncated or corrupt: re-download or re-export it") from None
+                              "the file may be truncated or corrupt: re-download or re-export it") from e
     cfg = p.parent / "config.json"
     if cfg.exists() and "format" not in header:
         header = {**header, "hf_config": cfg.read_text()}
@@ -108,13 +108,13 @@ def _read_torch(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
                 f"{p.name} contains pickled Python objects{f' ({glob[1]})' if glob else ''}, not just tensors; "
                 "segedge refuses to unpickle "
                 "arbitrary code: re-save the state dict alone (torch.save(model.state_dict(), ...)) or as safetensors"
-            ) from None
+            ) from e
         if "Weights only load failed" in msg:  # torch's generic preamble; the real reason is further down
             detail = [ln.strip() for ln in full.splitlines() if ln.strip() and "Weights only" not in ln
                       and "WeightsUnpickler" not in ln and "Please file" not in ln and "Check the doc" not in ln]
             msg = detail[0] if detail else "not a tensor checkpoint"
         raise CheckpointError(f"{p.name} is not a readable PyTorch checkpoint ({msg}); "
-                              "the file may be truncated or corrupt") from None
+                              "the file may be truncated or corrupt") from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if key in obj and isinstance(obj[key], dict):

@@ -134,7 +134,7 @@ def count_flops(model_or_name: nn.Module | str, input_size: tuple[int, int] | No
     try:
         by_kind = _meta_forward_counts(model, x)
     except ValueError as e:  # a model's own shape check (e.g. TopFormer's multiples of 64)
-        raise SegedgeError(f"cannot count {label} at {h}x{w}: {str(e).splitlines()[0]}") from None
+        raise SegedgeError(f"cannot count {label} at {h}x{w}: {str(e).splitlines()[0]}") from e
     flops = sum(by_kind.values())
     macs = flops // 2  # FlopCounterMode counts 2 FLOPs per multiply-accumulate
     return {

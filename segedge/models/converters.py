@@ -156,7 +156,7 @@ def _hf_config(header: dict[str, str], name: str) -> dict | None:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"config.json next to {name} is not valid JSON ({e.msg}, line {e.lineno}); "
-                              "fix or remove it") from None
+                              "fix or remove it") from e
     return cfg if isinstance(cfg, dict) else None
 
 

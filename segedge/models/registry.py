@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,7 +25,6 @@ class ModelSpec:
     output_stride: int = 4
     size_multiple: int = 32  # input H and W must be multiples of this
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Families register themselves on import (their modules are the registry's plug-ins).

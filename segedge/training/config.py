@@ -63,8 +63,8 @@ def validate_config(cfg: TrainConfig) -> None:
     cfg.poly_power = check_float("--poly-power", cfg.poly_power, high=100.0, hint="1.0 is linear decay")
     try:
         lo, hi = (float(v) for v in cfg.scale_range)
-    except (TypeError, ValueError):
-        raise SegedgeError(f"scale_range must be two numbers (low, high), got {cfg.scale_range!r}") from None
+    except (TypeError, ValueError) as e:
+        raise SegedgeError(f"scale_range must be two numbers (low, high), got {cfg.scale_range!r}") from e
     lo = check_float("scale_range low", lo, high=MAX_SCALE)
     hi = check_float("scale_range high", hi, high=MAX_SCALE)
     if lo > hi:

@@ -41,8 +41,8 @@ def check_float(flag: str, value: Any, *, low: float = 0.0, high: float = math.i
     """`value` as a finite float within (low, high] (or [low, high] with low_inclusive), else a one-line error."""
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise SegedgeError(f"{flag} must be a number, got {value!r}{'; ' + hint if hint else ''}") from None
+    except (TypeError, ValueError) as e:
+        raise SegedgeError(f"{flag} must be a number, got {value!r}{'; ' + hint if hint else ''}") from e
     ok = math.isfinite(v) and (v >= low if low_inclusive else v > low) and v <= high
     if not ok:
         lo = f"at least {low:g}" if low_inclusive else f"greater than {low:g}"

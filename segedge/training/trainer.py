@@ -316,7 +316,7 @@ class Trainer:
             intact = ""
             if what == "checkpoint" and self.saved_iter is not None:
                 intact = f" (the checkpoint of iteration {self.saved_iter} is intact: --resume continues from it)"
-            raise SegedgeError(write_error_text(e, what, self.out) + intact) from None
+            raise SegedgeError(write_error_text(e, what, self.out) + intact) from e
 
     def _save_best(self, it: int, miou: float, metrics: dict) -> None:
         with self._disk("checkpoint"):
@@ -368,7 +368,7 @@ class Trainer:
         try:
             state = torch.load(st, map_location=self.device, weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises several types for truncated/corrupt files
-            raise SegedgeError(f"cannot resume: {st} is unreadable ({first_line(e, 120)}); {fresh}") from None
+            raise SegedgeError(f"cannot resume: {st} is unreadable ({first_line(e, 120)}); {fresh}") from e
         if not isinstance(state, dict) or "iteration" not in state or "optimizer" not in state:
             raise SegedgeError(f"cannot resume: {st} is not a segedge training state; {fresh}")
         it = int(state["iteration"])
@@ -400,7 +400,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise SegedgeError(f"cannot resume: the optimizer state in {st} does not fit this run "
-                               f"({first_line(e, 120)}); {fresh}") from None
+                               f"({first_line(e, 120)}); {fresh}") from e
         self.start_iter = it
         self.saved_iter = it
         self.best_miou = float(state["best_miou"])
@@ -497,7 +497,7 @@ class Trainer:
                 if "more than 1 value per channel" not in str(e):
                     raise
                 raise SegedgeError(f"{cfg.model} cannot train on batches of {x.shape[0]} image: its BatchNorm layers "
-                                   "need at least 2 per batch; use --batch-size 2 or more") from None
+                                   "need at least 2 per batch; use --batch-size 2 or more") from e
             logits = torch.nn.functional.interpolate(logits.float(), size=y.shape[1:], mode="bilinear",
                                                      align_corners=False)
             loss = self.loss_fn(logits, y)

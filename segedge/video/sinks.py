@@ -50,7 +50,7 @@ def _probe_dir(folder: Path, what: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise SegedgeError(f"cannot write {what} to {folder}: {e.strerror or e}; choose a folder you may write "
-                           "to") from None
+                           "to") from e
 
 
 class Sink:

@@ -933,8 +933,8 @@ def _int_or_none(v: str | None, name: str) -> int | None:
         return None
     try:
         return int(v)  # type: ignore[arg-type]
-    except ValueError:
-        raise SegedgeError(f"synthetic:// option {name} must be a whole number, got {v!r}") from None
+    except ValueError as e:
+        raise SegedgeError(f"synthetic:// option {name} must be a whole number, got {v!r}") from e
 
 
 def _synthetic(uri: str, opts: SourceOptions) -> SyntheticSource:
@@ -945,8 +945,8 @@ def _synthetic(uri: str, opts: SourceOptions) -> SyntheticSource:
                            "frames, buffer, seed (e.g. synthetic://?width=480&height=360&fps=30&frames=300)")
     try:
         fps = float(q["fps"]) if "fps" in q else float(opts.fps if opts.fps is not None else 30.0)
-    except ValueError:
-        raise SegedgeError(f"synthetic:// option fps must be a number, got {q['fps']!r}") from None
+    except ValueError as e:
+        raise SegedgeError(f"synthetic:// option fps must be a number, got {q['fps']!r}") from e
     width = _int_or_none(q.get("width"), "width") or opts.width or 480
     height = _int_or_none(q.get("height"), "height") or opts.height or 360
     frames = _int_or_none(q.get("frames"), "frames")
@@ -1010,8 +1010,8 @@ def _csi(uri: str, opts: SourceOptions, log: Callable[[str], None] | None) -> So
     rest = uri.split("://", 1)[1].strip("/")
     try:
         sensor = int(rest or 0)
-    except ValueError:
-        raise SegedgeError(f"csi:// takes a sensor id, e.g. csi://0, got {uri}") from None
+    except ValueError as e:
+        raise SegedgeError(f"csi:// takes a sensor id, e.g. csi://0, got {uri}") from e
     flip_method = {None: 0, 1: 4, 0: 6, -1: 2}[FLIPS[opts.flip]]  # nvvidconv: 4 horizontal, 6 vertical, 2 = 180°
     text = csi_pipeline(sensor, opts.width or 1280, opts.height or 720, opts.fps or 30, flip_method)
     if not has_gstreamer():
