@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 
 from segedge.runtime import Segmenter
-from segedge.video import Pipeline, Renderer
+from segedge.doctor import cpu_report
+from segedge.video import Pipeline, Renderer, run_stream
 from segedge.video.sources import SyntheticSource
 
 
@@ -88,16 +89,47 @@ def pipelined(seg: Segmenter, clip: Path, queue_size: int) -> dict[str, Any]:
             "latency_ms": st["latency_ms"]}
 
 
-def live(seg: Segmenter, fps: float, seconds: float, policy: str, queue_size: int) -> dict[str, Any]:
+def _window(samples: list[tuple[float, float]], lo: float, hi: float) -> dict[str, float] | None:
+    """p50/p99 latency (ms) of the frames captured in [lo, hi) seconds after the first one."""
+    lat = [ms for t, ms in samples if lo <= t < hi]
+    if not lat:
+        return None
+    return {"frames": len(lat), "p50": round(float(np.percentile(lat, 50)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2)}
+
+
+def live(seg: Segmenter, fps: float, seconds: float, policy: str, queue_size: int,
+         window: float = 60.0) -> dict[str, Any]:
+    """A live-rate synthetic camera; latency overall and in the first and last `window` seconds (is it flat?)."""
     frames = max(10, int(round(fps * seconds)))
     uri = f"synthetic://?width=480&height=360&fps={fps:g}&frames={frames}"
+    samples: list[tuple[float, float]] = []
     with Pipeline(seg, uri, [], view="overlay", drop_policy=policy, queue_size=queue_size,
-                  log=lambda _m: None) as p:
+                  log=lambda _m: None, on_result=lambda r: samples.append((r.t_capture, r.latency_ms))) as p:
         st = p.run()
     lat = st["latency_ms"]
+    t0 = samples[0][0] if samples else 0.0
+    rel = [(t - t0, ms) for t, ms in samples]
+    end = rel[-1][0] if rel else 0.0
+    w = min(window, end / 2) if end else window
     return {"live_fps": fps, "policy": policy, "frames_offered": frames, **st["frames"],
             "missed_by_driver": st["source_events"].get("missed", 0), "fps": st["fps"]["average"],
-            "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "max")}}
+            "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "max")},
+            "window_s": round(w, 1), "first_window": _window(rel, 0.0, w),
+            "last_window": _window(rel, end - w, end + 1.0)}
+
+
+def soak(seg: Segmenter, frames: int, every: int = 500) -> dict[str, Any]:
+    """`frames` frames through run_stream (synthetic source, policy all), RSS sampled every `every` frames."""
+    import psutil
+
+    proc, rss = psutil.Process(), []
+    for r in run_stream(seg, f"synthetic://?width=480&height=360&frames={frames}", drop_policy="all",
+                        log=lambda _m: None):
+        if r.index % every == 0 or r.index == frames - 1:
+            rss.append([r.index, round(proc.memory_info().rss / 1e6, 1)])
+    warm = next((mb for i, mb in rss if i >= every), rss[0][1] if rss else 0.0)
+    return {"frames": frames, "rss_mb": rss, "growth_after_warmup_mb": round(rss[-1][1] - warm, 1) if rss else None}
 
 
 def main() -> None:
@@ -110,6 +142,8 @@ def main() -> None:
     ap.add_argument("--queue-size", type=int, default=4)
     ap.add_argument("--live-fps", default="auto", help="comma-separated rates, or auto (0.5x and 1.5x throughput)")
     ap.add_argument("--live-seconds", type=float, default=10.0, help="length of each live run")
+    ap.add_argument("--live-window", type=float, default=60.0, help="seconds compared at the start and end of live runs")
+    ap.add_argument("--soak", type=int, default=0, help="frames of a run_stream soak with RSS samples (0: none)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
@@ -141,22 +175,28 @@ def main() -> None:
     live_runs = []
     for fps in rates:
         for policy in ("latest", "all"):
-            live_runs.append(live(seg, fps, a.live_seconds, policy, a.queue_size))
+            live_runs.append(live(seg, fps, a.live_seconds, policy, a.queue_size, a.live_window))
             lr = live_runs[-1]
             print(f"live {fps:g} fps, {policy}: latency p50 {lr['latency_ms']['p50']} / p99 "
                   f"{lr['latency_ms']['p99']} ms, processed {lr['processed']}, dropped {lr['dropped']}, "
-                  f"missed {lr['missed_by_driver']}", file=sys.stderr)
+                  f"missed {lr['missed_by_driver']}; first {lr['window_s']} s {lr['first_window']}, last "
+                  f"{lr['last_window']}", file=sys.stderr)
+    soaked = soak(seg, a.soak) if a.soak else None
+    if soaked:
+        print(f"soak {a.soak} frames: RSS {soaked['rss_mb']}, growth after warm-up {soaked['growth_after_warmup_mb']} "
+              "MB", file=sys.stderr)
     seg.close()
     result = {
         "model": repr(seg), "folder": str(folder), "threads": a.threads, "clip": {"frames": a.frames,
                                                                                  "size": [360, 480]},
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), **cpu_report()},
         "pure_inference": infer,
         "sequential": {"fps_median": seq_fps, "runs": seq},
         "pipelined": {"fps_median": pipe_fps, "runs": pipe},
         "speedup_pipelined_vs_sequential": round(pipe_fps / seq_fps, 3),
         "pipelined_vs_inference_ceiling": round(pipe_fps / infer["fps_ceiling"], 3),
         "live": live_runs,
+        "soak": soaked,
     }
     print(f"\n| loop | FPS |\n|---|---:|\n| 1 / pure inference | {infer['fps_ceiling']:.1f} |\n"
           f"| sequential | {seq_fps:.1f} |\n| pipelined (all) | {pipe_fps:.1f} |\n", file=sys.stderr)

@@ -70,3 +70,37 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_image_file(path: str | os.PathLike) -> Any:
+    """An image file as H×W×3 uint8 BGR, or None when it is missing or not a decodable image.
+
+    The one image reader of segedge (datasets, calibration frames, `segedge run` image inputs): non-ASCII paths work
+    (np.fromfile + cv2.imdecode), 16-bit images keep their high byte, grayscale and BGRA become BGR.
+    """
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if img is None or img.size == 0:
+        return None
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        return None
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        return None
+    return np.ascontiguousarray(img[:, :, :3])

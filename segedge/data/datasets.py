@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, LabelRangeError
+from ..io import read_image_file
 from ..plugins import Registry
 
 IGNORE_INDEX = 255
@@ -155,7 +156,7 @@ class SegDataset:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as 8-bit BGR, with a clear error when it is missing or unreadable."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = read_image_file(path)
     if img is None:
         raise DataError(f"cannot read image {path}; the file is missing, truncated or not an image")
     return img

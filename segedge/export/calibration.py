@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, ExportError, SegedgeError
-from ..io import write_json_atomic
+from ..io import read_image_file, write_json_atomic
 from ..runtime.preprocess import check_frame
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -83,14 +83,8 @@ def check_method(method: str) -> str:
 
 
 def _read_image(p: Path) -> np.ndarray | None:
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return None
-    if img.dtype != np.uint8:  # 16-bit PNGs: keep the high byte, as check_frame's message recommends
-        img = (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else None
-        if img is None:
-            return None
-    return check_frame(img)
+    img = read_image_file(p)
+    return None if img is None else check_frame(img)
 
 
 def _pick_files(files: list[Path], count: int, seed: int, where: str) -> tuple[list[np.ndarray], list[str], int]:
@@ -130,31 +124,45 @@ def _from_folder(folder: Path, count: int, seed: int) -> CalibrationFrames:
     return CalibrationFrames(frames, names, str(folder), "folder", skipped=bad)
 
 
+def _read_video(path: Path, count: int, step: int | None) -> tuple[list[np.ndarray], list[str], int]:
+    """Every `step`-th decodable frame of a video (spread over all of it when `step` is None): frames, names, step."""
+    from ..video.sources import open_source
+
+    try:
+        src = open_source(path)
+        src.open()
+    except SegedgeError as e:
+        raise DataError(f"cannot open video {path}; the file is corrupt or its codec is not supported by "
+                        "OpenCV: convert it (ffmpeg -i in.mov out.mp4) or extract frames into a folder") from e
+    frames, names = [], []
+    try:
+        total = src.frame_count or 0
+        if step is None:
+            step = max(1, total // count) if total > 0 else DEFAULT_VIDEO_STEP
+        for frame in src:  # undecodable frames are skipped (and counted) by the source
+            if frame.index % step == 0:
+                frames.append(check_frame(frame.image))
+                names.append(f"frame {frame.index}")
+                if len(frames) >= count:
+                    break
+    finally:
+        src.close()
+    return frames, names, step
+
+
 def _from_video(path: Path, count: int, step: int | None) -> CalibrationFrames:
+    """Every `step`-th decodable frame (spread over the whole video by default), read through segedge.video: the one
+    way segedge reads video, so a file that `segedge run` plays calibrates the same way."""
     # FFmpeg prints its own errors ("moov atom not found") on stderr; the DataError below says it in one line. Read
     # by OpenCV when it first opens a video, so this is set before; a value the user set is kept.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cap = cv2.VideoCapture(str(path))
+    level = cv2.utils.logging.getLogLevel()
+    if not os.environ.get("SEGEDGE_DEBUG"):  # OpenCV's own "[ WARN ] … can't be used to capture" lines, likewise
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
-        if not cap.isOpened():
-            raise DataError(f"cannot open video {path}; the file is corrupt or its codec is not supported by "
-                            "OpenCV: convert it (ffmpeg -i in.mov out.mp4) or extract frames into a folder")
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if step is None:
-            step = max(1, total // count) if total > 0 else DEFAULT_VIDEO_STEP
-        frames, names = [], []
-        idx = 0
-        while len(frames) < count:
-            if not cap.grab():
-                break
-            if idx % step == 0:
-                ok, img = cap.retrieve()
-                if ok and img is not None:
-                    frames.append(check_frame(img))
-                    names.append(f"frame {idx}")
-            idx += 1
+        frames, names, step = _read_video(path, count, step)
     finally:
-        cap.release()
+        cv2.utils.logging.setLogLevel(level)
     if not frames:
         raise DataError(f"no frame could be decoded from video {path}; check the file plays, or extract frames "
                         "into a folder (ffmpeg -i in.mp4 -vf fps=1 frames/%04d.jpg)")

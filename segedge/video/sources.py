@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from ..errors import SegedgeError, first_line
+from ..io import read_image_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".jp2")
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
@@ -515,17 +516,8 @@ class CaptureSource(BasicSource):
 
 # -- images --------------------------------------------------------------------------------------------------------
 def _imread(path: Path) -> np.ndarray | None:
-    """cv2.imread that also reads non-ASCII paths; None when the file is not a decodable image."""
-    try:
-        data = np.fromfile(str(path), np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    try:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
+    """The image file as BGR, or None when it is not a decodable image (segedge.io.read_image_file)."""
+    return read_image_file(path)
 
 
 class ImageSource(BasicSource):
