@@ -91,11 +91,19 @@ def read_image_file(path: str | os.PathLike) -> Any:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None
-    if img is None or img.size == 0:
+    if img is None:
         return None
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
-    if img.dtype != np.uint8:
+    return as_bgr(img)
+
+
+def as_bgr(img: Any) -> Any:
+    """An 8-bit image as contiguous H×W×3 BGR (grayscale and BGRA converted), or None when it is not one."""
+    import cv2
+    import numpy as np
+
+    if not isinstance(img, np.ndarray) or img.size == 0 or img.dtype != np.uint8:
         return None
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
@@ -104,3 +112,21 @@ def read_image_file(path: str | os.PathLike) -> Any:
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         return None
     return np.ascontiguousarray(img[:, :, :3])
+
+
+def ensure_writable_dir(folder: str | os.PathLike, what: str, fix: str = "choose a folder you may write to",
+                        error: type[SegedgeError] = SegedgeError) -> Path:
+    """Create `folder` if needed and check that files can be created in it, else one line: "cannot write {what}:
+    {why}; {fix}" (a parent that is a file is named as such: mkdir's "File exists" would mislead)."""
+    folder = Path(folder) if str(folder) else Path(".")
+    blocker = next((a for a in (folder, *folder.parents) if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise error(f"cannot write {what}: {blocker} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise error(f"cannot write {what}: {e.strerror or e}; {fix}") from e
+    return folder

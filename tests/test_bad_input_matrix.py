@@ -523,15 +523,15 @@ def test_output_folder(good: Path, tmp_path: Path, out: str, phrases: list[str])
 
 def test_disk_full_before_staging(good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC on the first write beside the folder (the probe): one line, before any work."""
-    import segedge.export.pipeline as pipeline
-
     folder = copy_export(good, tmp_path / "exp")
     before = snapshot(tmp_path)
 
     def full(*a: Any, **k: Any) -> Any:
         raise _enospc()
 
-    monkeypatch.setattr(pipeline.tempfile, "mkstemp", full)
+    import segedge.io as io_mod
+
+    monkeypatch.setattr(io_mod.tempfile, "mkstemp", full)
     raises_one_line(ExportError, lambda: export_model(ExportOptions("topformer-t", input_size=SIZE, out=folder)),
                     "cannot write beside output folder", "No space left on device", "--out")
     monkeypatch.undo()

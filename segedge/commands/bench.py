@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,15 +17,9 @@ def _split(values: Optional[List[str]] | Optional[str]) -> list[str]:
 
 
 def _writable(out: Path) -> None:
-    from ..errors import SegedgeError
+    from ..io import ensure_writable_dir
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise SegedgeError(f"cannot write to --out {out} ({e.strerror or e}); choose a writable folder") from e
+    ensure_writable_dir(out, f"to --out {out}", "choose a writable folder")
 
 
 def _command_line(params: dict) -> list[str]:

@@ -79,21 +79,12 @@ def resolve_model(arg: str, target: Optional[str], say: Callable[[str], None]) -
 
 
 def _check_stats_path(path: Path) -> None:
-    import tempfile
-
     from ..errors import SegedgeError
+    from ..io import ensure_writable_dir
 
     if path.is_dir():
         raise SegedgeError(f"--stats {path} is a folder; name a JSON file, e.g. {path / 'stats.json'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise SegedgeError(f"cannot write --stats to {parent}: {e.strerror or e}; choose a folder you may write "
-                           "to") from e
+    ensure_writable_dir(path.parent, f"--stats to {path.parent}")
 
 
 def run_cmd(

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +25,7 @@ import torch
 from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContract, Manifest, ModelContract,
                         OutputContract, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
-from ..io import sha256_file
+from ..io import ensure_writable_dir, sha256_file
 from ..models import create_model, default_weights, get_spec, parse_size, validate_input_size
 from ..runtime.backends.base import Backend, InputSpec
 from ..runtime.preprocess import preprocess, to_raw_input
@@ -107,22 +106,8 @@ def _prepare_out(out: Path) -> None:
     """The output path must be a folder (or not exist yet) in a writable parent: the next state is staged beside it."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output path {out} exists and is not a folder; choose another --out")
-    parent = Path(os.path.abspath(out)).parent
-    blocker = next((a for a in (parent, *parent.parents) if a.exists() and not a.is_dir()), None)
-    if blocker is not None:
-        raise ExportError(f"cannot create output folder {out}: {blocker} is a file, not a folder; choose another "
-                          "--out")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create output folder {out}: {e.strerror or e}; choose a writable --out") from e
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ExportError(f"cannot write beside output folder {out} ({e.strerror or e}); choose a writable "
-                          "--out") from e
+    ensure_writable_dir(Path(os.path.abspath(out)).parent, f"beside output folder {out}", "choose another --out",
+                        ExportError)
 
 
 def _val_pairs(val: Any, count: int | None, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ..errors import SegedgeError
+from ..io import ensure_writable_dir
 
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 IMAGE_OUT_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -43,14 +44,7 @@ _UMASK = _umask()
 
 def _probe_dir(folder: Path, what: str) -> None:
     """Create `folder` if needed and check that files can be created in it (one-line error otherwise)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".segedge-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise SegedgeError(f"cannot write {what} to {folder}: {e.strerror or e}; choose a folder you may write "
-                           "to") from e
+    ensure_writable_dir(folder, f"{what} to {folder}")
 
 
 class Sink:

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from ..errors import SegedgeError, first_line
-from ..io import read_image_file
+from ..io import as_bgr, read_image_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".jp2")
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
@@ -188,17 +188,7 @@ def _natural_key(s: str) -> list[Any]:
 
 def _check_image(img: Any) -> np.ndarray | None:
     """The frame as H×W×3 uint8 BGR (grayscale and BGRA converted), or None when it is not a usable image."""
-    if not isinstance(img, np.ndarray) or img.size == 0 or img.dtype != np.uint8:
-        return None
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        return None
-    if img.shape[2] == 4:
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img)
+    return as_bgr(img)
 
 
 class BasicSource(Source):
