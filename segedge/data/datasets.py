@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from ..errors import DataError, LabelRangeError
+from ..errors import DataError, LabelRangeError, first_line
 from ..io import read_image_file
 from ..plugins import Registry
 
@@ -254,7 +254,7 @@ def load_class_names(path: str | Path) -> list[str]:
         else:
             obj = json.loads(text)
     except Exception as e:
-        raise DataError(f"cannot parse class names file {p.name}: {str(e).splitlines()[0]}") from e
+        raise DataError(f"cannot parse class names file {p.name}: {first_line(e)}") from e
     if isinstance(obj, dict) and "classes" in obj:
         obj = obj["classes"]
     if isinstance(obj, dict):

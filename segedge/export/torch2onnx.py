@@ -1,6 +1,6 @@
 """PyTorch → FP32 ONNX: trace, simplify (onnxsim, else onnxslim), check. The spine every other target starts from.
 
-Exporter choice (measured, docs in /work/shared/notes/toolchain-facts.md): the legacy TorchScript exporter
+Exporter choice (measured, the project's toolchain notes): the legacy TorchScript exporter
 (`dynamo=False`). It exports B0 in ~1 s against 5-20 s for dynamo, honours the requested opset (dynamo asked for
 opset 16 silently emits 18, which TensorRT 8.5 / JetPack 5 cannot read), keeps weights inside the file (dynamo
 writes `.onnx.data` unless told otherwise) and does not freeze a dynamic batch to the example's batch of 1. At
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 EXPORTER = "torch.onnx legacy TorchScript exporter (dynamo=False)"
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel Q/DQ; 20: last opset before the dynamo-only Attention op
@@ -77,8 +77,7 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, opset: int, in
             torch.onnx.export(module, (example,), buf, opset_version=opset, dynamo=False, do_constant_folding=True,
                               input_names=[input_name], output_names=[output_name], dynamic_axes=dynamic_axes)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"torch.onnx.export failed at opset {opset}: {msg}; try the default opset 17 or static "
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_line(e, 200)}; try the default opset 17 or static "
                           "shapes") from e
     return onnx.load_from_string(buf.getvalue())
 
@@ -108,7 +107,7 @@ def check(model: Any) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ExportError(f"exported graph fails onnx.checker: {str(e).splitlines()[0][:200]}") from e
+        raise ExportError(f"exported graph fails onnx.checker: {first_line(e, 200)}") from e
 
 
 def opset_of(model: Any) -> int:

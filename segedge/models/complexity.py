@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import SegedgeError
+from ..errors import SegedgeError, first_line
 from .registry import get_spec, validate_input_size
 
 CONVENTION = (
@@ -134,7 +134,7 @@ def count_flops(model_or_name: nn.Module | str, input_size: tuple[int, int] | No
     try:
         by_kind = _meta_forward_counts(model, x)
     except ValueError as e:  # a model's own shape check (e.g. TopFormer's multiples of 64)
-        raise SegedgeError(f"cannot count {label} at {h}x{w}: {str(e).splitlines()[0]}") from e
+        raise SegedgeError(f"cannot count {label} at {h}x{w}: {first_line(e)}") from e
     flops = sum(by_kind.values())
     macs = flops // 2  # FlopCounterMode counts 2 FLOPs per multiply-accumulate
     return {
