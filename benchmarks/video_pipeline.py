@@ -7,7 +7,7 @@ inference, post-processing, overlay render; outputs discarded):
 
 - pure inference: the backend alone on one prepared frame, repeated → 1 / time is the ceiling of any loop;
 - sequential: read → predict → overlay, one frame after the other in one thread (a plain camera loop);
-- pipelined: `segedge.video.Pipeline` with policy `all` (capture, pre+infer, post+render in three threads);
+- pipelined: `segedge.video.Pipeline` with policy `all` (capture, pre, infer, post+render in four threads);
 
 sequential and pipelined alternate over `--rounds` rounds so machine drift spreads over both. Then a live-rate
 synthetic camera (`synthetic://`, frames time-stamped when they are "exposed", a 4-frame driver buffer) runs at

@@ -68,8 +68,8 @@ def test_latest_policy_drops_stale_frames_under_a_slow_model_and_stays_bounded(s
     assert f["dropped"] > 0 and f["processed"] < 60 and f["processed"] == seg.backend.calls
     _invariant(st)
     assert seen == sorted(seen) and seen[-1] == 59  # in order, and the newest frame is always processed
-    assert st["queues"]["capture→infer"] == {"bound": 1, "peak": 1}
-    assert st["queues"]["infer→post"]["peak"] <= 1
+    assert st["queues"]["capture→pre"] == {"bound": 1, "peak": 1}
+    assert st["queues"]["pre→infer"]["peak"] <= 1 and st["queues"]["infer→post"]["peak"] <= 1
     assert count_frames(tmp_path / "out.mp4")[0] == f["processed"]
 
 

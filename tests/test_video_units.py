@@ -234,3 +234,19 @@ def test_video_package_imports_without_torch(tmp_path: Path) -> None:
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[]", "False"], r.stdout
+
+
+def test_colorize_table_lookup_matches_plain_indexing_for_every_label_type() -> None:
+    from segedge.runtime.palette import colorize, deterministic_palette
+
+    rng = np.random.default_rng(0)
+    pal = deterministic_palette(12)
+    lab8 = rng.integers(0, 256, (37, 53)).astype(np.uint8)  # includes 255 (ignore) and values past the palette
+    ref = np.zeros((256, 3), np.uint8)
+    ref[:12] = pal[:, ::-1]
+    assert np.array_equal(colorize(lab8, pal), ref[lab8])
+    assert np.array_equal(colorize(lab8[:, ::2], pal), ref[lab8[:, ::2]])  # a strided view
+    lab16 = rng.integers(0, 1000, (9, 11)).astype(np.uint16)
+    big = np.zeros((1000, 3), np.uint8)
+    big[:12] = pal[:, ::-1]
+    assert np.array_equal(colorize(lab16, pal), big[lab16])

@@ -503,9 +503,23 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
         raise
     finally:
         txn.abort()  # a no-op once committed: the staging folder has become the export folder
+    manifest = _build_engines_here(out, manifest, ctx.cache.get("trt_build_after_commit", ()), say)
     data = manifest.to_dict()
     artifacts = {name: out / e.file for name, e in manifest.targets.items()}
     return ExportResult(out, out / MANIFEST_NAME, data, artifacts, plan.notes)
+
+
+def _build_engines_here(out: Path, manifest: Manifest, targets: Sequence[str], say: Callable[[str], None]
+                        ) -> Manifest:
+    """Step 6, on a host with TensorRT and a GPU: build the committed bundles' engines now, as the device would."""
+    if not targets:
+        return manifest
+    from ..engine.build import build_engine
+
+    for target in targets:
+        say(f"building the {target} engine here (TensorRT and a GPU are present)")
+        build_engine(out, target)
+    return Manifest.read(out)
 
 
 def _previous_export(out: Path) -> Manifest | None:
@@ -610,4 +624,8 @@ def summarize_result(result: ExportResult) -> list[str]:
             ref = v["val"].get("pytorch_miou")
             line += f"  mIoU {v['val']['miou']:.4f}" + (f" (PyTorch {ref:.4f})" if ref is not None else "")
         lines.append(line)
+        engine = e.get("engine") if isinstance(e.get("engine"), dict) else None
+        if engine and engine.get("status") == "pending":
+            lines.append(f"{'':<13} engine pending (TensorRT {engine.get('generation')}): on the device run "
+                         f"`{engine.get('build_command')}`")
     return lines

@@ -52,9 +52,13 @@ def palette_for(class_names: Sequence[str]) -> np.ndarray:
 
 def colorize(labels: np.ndarray, palette_rgb: np.ndarray) -> np.ndarray:
     """H×W labels → H×W×3 BGR colours (labels outside the palette, e.g. 255 ignore, are black)."""
+    if labels.dtype == np.uint8 and len(palette_rgb) <= 256:  # the common case: OpenCV's table lookup, ~7x faster
+        lut = np.zeros((256, 1, 3), np.uint8)
+        lut[:len(palette_rgb), 0] = palette_rgb[:, ::-1]
+        return cv2.LUT(cv2.merge([labels, labels, labels]), lut)
     lut = np.zeros((max(256, len(palette_rgb), int(labels.max(initial=0)) + 1), 3), np.uint8)
     lut[:len(palette_rgb)] = palette_rgb[:, ::-1]
-    return lut[labels]
+    return np.take(lut, labels, axis=0)
 
 
 def check_labels(labels: object, num_classes: int | None = None) -> np.ndarray:

@@ -39,6 +39,15 @@ def _manifest_entry_for_file(path: Path) -> tuple[Manifest, str, TargetEntry] | 
     return (man, *found) if found else None
 
 
+def _refuse_pending_engine(folder: Path, target: str, entry: TargetEntry) -> None:
+    """A TensorRT target whose engine is still to be built on the device cannot run: say how to build it."""
+    from ..engine.bundle import PENDING, engine_block, pending_message
+
+    block = engine_block(entry.to_dict())
+    if block is not None and block.get("status") == PENDING:
+        raise SegedgeError(pending_message(folder, target, block))
+
+
 def _artifact_path(folder: Path, target: str, entry: TargetEntry) -> Path:
     """The target's file inside `folder`; a name that leaves the folder or a missing file is one line."""
     name = Path(entry.file)
@@ -86,12 +95,14 @@ class Segmenter:
         if p.is_dir() and p.suffix.lower() not in (".mlpackage",):
             man = Manifest.read(p)
             target, entry = man.choose(target, p)
+            _refuse_pending_engine(p, target, entry)
             contract, p = man.contract.to_dict(), _artifact_path(p, target, entry)
             verify_files(p.parent, target, entry, verify)
         else:
             found = _manifest_entry_for_file(p)
             if found:
                 man, found_target, entry = found
+                _refuse_pending_engine(p.parent, found_target, entry)
                 contract, target = man.contract.to_dict(), target or found_target
                 verify_files(p.parent, found_target, entry, verify)
         cls_ = get_backend(backend) if backend else backend_for_path(p)

@@ -1,4 +1,4 @@
-"""A pipelined stream: capture, pre-processing + inference, post-processing + render + write in three threads
+"""A pipelined stream: capture, pre-processing, inference, post-processing + render + write in four threads
 joined by bounded queues, so throughput approaches 1 / (slowest stage) instead of 1 / (sum of the stages).
 
     from segedge.video import Pipeline, run_stream
@@ -12,9 +12,9 @@ joined by bounded queues, so throughput approaches 1 / (slowest stage) instead o
     p = Pipeline(seg, "rtsp://cam/stream", on_result=callback, on_stats=print)
     p.start(); ...; p.stop(); p.wait()                   # from a thread of your own
 
-Drop policies: `latest` (default for live sources) keeps one frame between capture and inference and replaces it
-with every newer frame, so latency never grows: a frame waits at most one inference; replaced frames are counted
-as dropped. `all` (default for files) blocks capture when the queues are full, so every frame is processed.
+Drop policies: `latest` (default for live sources) keeps one frame between capture and pre-processing and
+replaces it with every newer frame; pre-processing takes a frame only when inference has room for it, so latency
+never grows: a frame waits at most one inference; replaced frames are counted as dropped. `all` (default for files) blocks capture when the queues are full, so every frame is processed.
 Every queue is bounded (`queue_size`), so memory is bounded whatever the rates. `stop()` drains: capture stops and
 the frames already queued are processed and written; `stop(drain=False)` drops them (counted). Either way the
 outputs are closed properly (a video is playable). Only numpy, OpenCV and the standard library here.
@@ -81,6 +81,14 @@ class BoundedQueue:
             self._cv.notify_all()
             return True, replaced
 
+    def wait_for_room(self) -> bool:
+        """Block until `put` would not block (False once closed or aborted): lets a stage take its input only when
+        its output has room, so under the latest policy it always takes the freshest frame."""
+        with self._cv:
+            while len(self._items) >= self.bound and not self._aborted and not self._closed:
+                self._cv.wait(0.1)
+            return not (self._aborted or self._closed)
+
     def get(self) -> Any:
         """The next item, or _EOS once closed and empty (or aborted)."""
         with self._cv:
@@ -141,7 +149,7 @@ def _check_policy(policy: str) -> str:
 
 
 class Pipeline:
-    """Frames from `source` through `model` into `outputs`, in three threads (see the module docstring).
+    """Frames from `source` through `model` into `outputs`, in four threads (see the module docstring).
 
     model: a Segmenter (left open), or a path Segmenter.load opens (closed with the pipeline; `target`, `threads`,
     `postprocess` apply). source: a URI / path / camera index for `open_source` (`source_options` or the
@@ -206,6 +214,7 @@ class Pipeline:
         self._stats = PipelineStats()
         self._threads: list[threading.Thread] = []
         self._q1: BoundedQueue | None = None
+        self._q_pre: BoundedQueue | None = None
         self._q2: BoundedQueue | None = None
         self._q_out: BoundedQueue | None = None
         self._stop_reading = threading.Event()
@@ -247,7 +256,8 @@ class Pipeline:
         self._started = True
         self.policy = self.policy_asked if self.policy_asked != "auto" else ("latest" if src.live else "all")
         latest = self.policy == "latest"
-        self._q1 = BoundedQueue("capture→infer", 1 if latest else self.queue_size, latest=latest)
+        self._q1 = BoundedQueue("capture→pre", 1 if latest else self.queue_size, latest=latest)
+        self._q_pre = BoundedQueue("pre→infer", 1 if latest else self.queue_size)
         self._q2 = BoundedQueue("infer→post", 1 if latest else self.queue_size)
         for k in self.sinks:
             k.open(src.fps, src.live)
@@ -256,7 +266,8 @@ class Pipeline:
         self.status = "running"
         self._stats.start()
         self._next_stats = time.perf_counter() + self.stats_interval
-        for name, fn in (("capture", self._capture), ("infer", self._infer), ("post", self._post)):
+        for name, fn in (("capture", self._capture), ("pre", self._pre), ("infer", self._infer),
+                         ("post", self._post)):
             t = threading.Thread(target=fn, name=f"segedge-{name}", daemon=True)
             self._threads.append(t)
         for t in self._threads:
@@ -274,7 +285,7 @@ class Pipeline:
             self._hard_stop()
 
     def _hard_stop(self) -> None:
-        for q in (self._q1, self._q2):
+        for q in (self._q1, self._q_pre, self._q2):
             if q is not None:
                 left = q.abort()
                 if left:
@@ -357,7 +368,7 @@ class Pipeline:
         """Counters, FPS, latency percentiles, per-stage timings, queue peaks, source events, status (a dict)."""
         snap = self._stats.snapshot()
         snap["queues"] = {q.name: {"bound": q.bound, "peak": q.peak}
-                          for q in (self._q1, self._q2, self._q_out) if q is not None}
+                          for q in (self._q1, self._q_pre, self._q2, self._q_out) if q is not None}
         src = self.source
         snap["source_events"] = dict(src.events) if src is not None else {}
         if src is not None and src.live and snap["stages_ms"]:  # a live source's "decode" is mostly the wait for
@@ -406,19 +417,53 @@ class Pipeline:
         finally:
             q1.close()
 
-    def _infer(self) -> None:
-        q1, q2, seg, stats = self._q1, self._q2, self.seg, self._stats
-        assert q1 is not None and q2 is not None
-        taken = in_a_row = 0
+    def _pre(self) -> None:
+        q1, q_pre, seg, stats = self._q1, self._q_pre, self.seg, self._stats
+        assert q1 is not None and q_pre is not None
+        in_a_row = 0
         try:
-            while True:
+            while q_pre.wait_for_room():  # take a frame only when inference has room: the freshest one under latest
                 frame = q1.get()
                 if frame is _EOS:
                     break
-                taken += 1
                 try:
                     t0 = time.perf_counter()
                     batch = seg.prepare(frame.image)
+                    pre_ms = (time.perf_counter() - t0) * 1e3
+                except Exception as e:
+                    stats.count("failed")
+                    in_a_row += 1
+                    self._note_failure(frame, "pre-processing", e)
+                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        raise SegedgeError(f"pre-processing failed on {in_a_row} frames in a row; last: "
+                                           f"{first_line(e)}") from e
+                    continue
+                in_a_row = 0
+                stats.stage("pre", pre_ms)
+                accepted, _ = q_pre.put((frame, batch, {"decode": frame.decode_ms, "pre": pre_ms}))
+                if not accepted:
+                    stats.count("dropped")
+                    break
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            left = q1.abort()  # inference stopped early or failed: whatever capture still hands over is dropped
+            if left:
+                stats.count("dropped", len(left))
+            q_pre.close()
+
+    def _infer(self) -> None:
+        q_pre, q2, seg, stats = self._q_pre, self._q2, self.seg, self._stats
+        assert q_pre is not None and q2 is not None
+        taken = in_a_row = 0
+        try:
+            while True:
+                item = q_pre.get()
+                if item is _EOS:
+                    break
+                frame, batch, timings = item
+                taken += 1
+                try:
                     t1 = time.perf_counter()
                     out = seg.infer(batch)
                     seg.backend.synchronize()
@@ -432,10 +477,9 @@ class Pipeline:
                                            f"{first_line(e)}") from e
                     continue
                 in_a_row = 0
-                stats.stage("pre", (t1 - t0) * 1e3)
-                stats.stage("infer", (t2 - t1) * 1e3)
-                accepted, _ = q2.put((frame, out[0], {"decode": frame.decode_ms, "pre": (t1 - t0) * 1e3,
-                                                      "infer": (t2 - t1) * 1e3}))
+                timings["infer"] = (t2 - t1) * 1e3
+                stats.stage("infer", timings["infer"])
+                accepted, _ = q2.put((frame, out[0], timings))
                 if not accepted:
                     stats.count("dropped")
                     break
@@ -446,7 +490,7 @@ class Pipeline:
         except BaseException as e:
             self._fail(e)
         finally:
-            left = q1.abort()  # max_frames reached or failed: whatever capture still hands over is dropped
+            left = q_pre.abort()  # max_frames reached or failed: whatever is still prepared is dropped
             if left:
                 stats.count("dropped", len(left))
             q2.close()
