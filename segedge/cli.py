@@ -30,6 +30,8 @@ COMMAND_MODULES = [
     "bench",     # segedge bench
     "doctor",    # segedge doctor
     "run",       # segedge run
+    "engine",    # segedge engine build
+    "deploy",    # segedge deploy deepstream|triton
 ]
 
 # Recent Typer vendors Click (typer._click), older Typer uses click itself: find the classes through public names.

@@ -54,24 +54,55 @@ def cpu_report() -> dict[str, Any]:
     return {"model": cpu_model(), "arch": platform.machine(), "cores_available": cores, "isa": flags}
 
 
+def _run_text(argv: list[str], timeout: float = 10) -> str | None:
+    """stdout of a short command, or None when it is missing, fails or hangs (device tools are optional)."""
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def l4t_version(release: str | None) -> str | None:
+    """'# R35 (release), REVISION: 3.1, …' (/etc/nv_tegra_release) → '35.3.1', or None."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", release or "")
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def power_mode(nvpmodel_q: str | None) -> str | None:
+    """`nvpmodel -q` output ('NV Power Mode: MAXN\\n0') → 'MAXN (0)', or None."""
+    m = re.search(r"NV Power Mode:\s*(.+)", nvpmodel_q or "")
+    if not m:
+        return None
+    ident = next((ln.strip() for ln in (nvpmodel_q or "").splitlines()[1:] if ln.strip().isdigit()), None)
+    return f"{m.group(1).strip()} ({ident})" if ident else m.group(1).strip()
+
+
+def jetson_report() -> dict[str, Any] | None:
+    """Jetson model, L4T release, JetPack version and power mode, or None off Jetson."""
+    model = _read("/proc/device-tree/model")
+    if not model or "jetson" not in model.lower():
+        return None
+    rel = _read("/etc/nv_tegra_release")
+    first = rel.splitlines()[0] if rel else None
+    jetpack = _run_text(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
+    return {"model": model, "l4t_release": first, "l4t": l4t_version(first),
+            "jetpack": (jetpack or "").strip() or None,
+            "power_mode": power_mode(_run_text(["nvpmodel", "-q"]))}
+
+
 def gpu_report() -> dict[str, Any]:
-    """NVIDIA GPUs (nvidia-smi), Jetson model and L4T release, Apple silicon; no torch needed."""
+    """NVIDIA GPUs (nvidia-smi), Jetson model, L4T, JetPack and power mode, Apple silicon; no torch needed."""
     out: dict[str, Any] = {"nvidia": [], "jetson": None, "apple_silicon": sys.platform == "darwin"
                            and platform.machine() == "arm64"}
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            r = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version,memory.total",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-            for line in r.stdout.strip().splitlines() if r.returncode == 0 else []:
-                name, cap, driver, mem = ([p.strip() for p in line.split(",")] + ["", "", "", ""])[:4]
-                out["nvidia"].append({"name": name, "compute_capability": cap, "driver": driver, "memory": mem})
-        except (OSError, subprocess.SubprocessError):
-            pass
-    model = _read("/proc/device-tree/model")
-    if model and "jetson" in model.lower():
-        rel = _read("/etc/nv_tegra_release")
-        out["jetson"] = {"model": model, "l4t_release": rel.splitlines()[0] if rel else None}
+    smi = _run_text(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version,memory.total",
+                     "--format=csv,noheader"])
+    for line in (smi or "").strip().splitlines():
+        name, cap, driver, mem = ([p.strip() for p in line.split(",")] + ["", "", "", ""])[:4]
+        out["nvidia"].append({"name": name, "compute_capability": cap, "driver": driver, "memory": mem})
+    out["jetson"] = jetson_report()
     return out
 
 
@@ -114,4 +145,5 @@ def environment_report() -> dict[str, Any]:
     }
 
 
-__all__ = ["ISA_FLAGS", "cpu_report", "environment_report", "gpu_report", "isa_flags"]
+__all__ = ["ISA_FLAGS", "cpu_report", "environment_report", "gpu_report", "isa_flags", "jetson_report", "l4t_version",
+           "power_mode"]

@@ -15,7 +15,7 @@ import pytest
 from segedge.contract import Manifest
 from segedge.engine.bundle import REFERENCE_NAME, Reference
 from segedge.errors import SegedgeError
-from segedge.export.qdq_rules import validate_qdq
+from segedge.export.qdq_rules import check_placement, validate_qdq
 from segedge.export.trt_flavours import generation_rules
 from segedge.io import sha256_file
 from segedge.runtime import Segmenter
@@ -53,7 +53,7 @@ def test_int8_bundle_holds_the_flavour_the_reference_and_a_pending_entry(bundle:
     assert ops == {"Softmax": "Softmax", "Conv": "final classifier conv"}  # TopFormer has no LayerNorm
     # the graph: TensorRT 8.5 flavour (opset 16, no LayerNormalization op), Q/DQ rules pass
     g = onnx.load(str(bundle / e.file))
-    assert generation_rules(g, "8.5") == [] and validate_qdq(g) == []
+    assert generation_rules(g, "8.5") == [] and validate_qdq(g) == [] and check_placement(g) == []
     assert g.opset_import[0].version <= 16
     assert {i["node"] for i in block["fp32_islands"]} <= {n.name for n in g.graph.node}
     # every file the entry lists is there with its recorded hash

@@ -150,6 +150,11 @@ def parse_targets(targets: Sequence[str] | str) -> list[str]:
         if n != REFERENCE and n not in TARGETS:
             raise SegedgeError(f"{TARGETS.unknown_message(n)}; {REFERENCE} (the FP32 PyTorch reference) is always "
                                "measured")
+    for n in names:  # measuring needs the artifact to run here: say so now, not after exporting it
+        why = None if n == REFERENCE else TARGETS.get(n).run_unavailable()
+        if why:
+            raise SegedgeError(f"target {TARGETS.get(n).name} cannot run on this machine ({why}); benchmark it where "
+                               "it runs (TensorRT targets: benchmarks/device_check.sh on the device)")
     return _unique([REFERENCE, *(n if n == REFERENCE else TARGETS.get(n).name for n in names)])
 
 

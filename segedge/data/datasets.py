@@ -303,6 +303,25 @@ for _name, _fn in (("camvid", open_camvid), ("cityscapes", open_cityscapes), ("a
     DATASETS.register(DatasetReader(_name, _fn))
 
 
+def open_labelled_folder(root: str | Path, num_classes: int) -> SegDataset:
+    """A labelled folder given as `--val`, its layout detected (CamVid, Cityscapes, ADE20K, else a plain folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--val folder not found: {root}; pass a labelled dataset folder")
+    if (root / "valannot").is_dir() or (root / "testannot").is_dir():
+        kind, split = "camvid", "val" if (root / "valannot").is_dir() else "test"
+    elif (root / "leftImg8bit").is_dir():
+        kind, split = "cityscapes", "val"
+    elif (root / "ADEChallengeData2016").is_dir() or (root / "annotations").is_dir():
+        kind, split = "ade20k", "val"
+    else:
+        kind, split = "folder", "val"
+    ds = open_dataset(kind, root, split, **({"num_classes": num_classes} if kind == "folder" else {}))
+    if ds.num_classes != num_classes:
+        raise DataError(f"--val dataset has {ds.num_classes} classes but the model has {num_classes}")
+    return ds
+
+
 def open_dataset(name: str, root: str | Path, split: str = "val", **kwargs: object) -> SegDataset:
     """Open a dataset split by registry name; clear errors for unknown names and missing folders."""
     if name not in DATASETS:

@@ -115,21 +115,9 @@ def _val_pairs(val: Any, count: int | None, num_classes: int) -> list[tuple[np.n
     if callable(val) and not hasattr(val, "samples"):
         val = val()
     if isinstance(val, (str, Path)):
-        from ..data.datasets import open_dataset
+        from ..data.datasets import open_labelled_folder
 
-        root = Path(val)
-        if not root.is_dir():
-            raise ExportError(f"--val folder not found: {root}; pass a labelled dataset folder")
-        if (root / "valannot").is_dir() or (root / "testannot").is_dir():
-            kind, split = "camvid", "val" if (root / "valannot").is_dir() else "test"
-        elif (root / "leftImg8bit").is_dir():
-            kind, split = "cityscapes", "val"
-        elif (root / "ADEChallengeData2016").is_dir() or (root / "annotations").is_dir():
-            kind, split = "ade20k", "val"
-        else:
-            kind, split = "folder", "val"
-        kwargs = {"num_classes": num_classes} if kind == "folder" else {}
-        val = open_dataset(kind, root, split, **kwargs)
+        val = open_labelled_folder(val, num_classes)
     if hasattr(val, "samples") and hasattr(val, "__getitem__"):
         if getattr(val, "num_classes", num_classes) != num_classes:
             raise ExportError(f"--val dataset has {val.num_classes} classes but the model has {num_classes}")
@@ -487,7 +475,7 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
             fp32_path=fp32_path, graph_sha256=graph_sha, input_name=plan.io_names[0], make_input=make_input,
             frames=frames, verify=checks.verify_model, progress=say, verify_with=checks.verify_run,
             _pre_quant=functools.partial(_pre_quant, fp32_path, txn.work, say), target_options=plan.target_options,
-            work_dir=txn.work)
+            work_dir=txn.work, torch_module=plan.model)
         ctx._calibration = lambda: get_calibration_table(
             out, ctx.pre_quant_model(), graph_sha, frames, make_input, plan.io_names[0], plan.method,
             plan.opts.calib_seed, say, save_to=txn.stage, work_dir=txn.work)

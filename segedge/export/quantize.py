@@ -15,6 +15,14 @@ Flavours:
 - `TENSORRT` (target qdq, consumed by trt-int8): int8 symmetric activations and weights, zero points 0, per-channel
   weights on the output-channel axis, float weights behind Q→DQ pairs (the QAT-export form every TensorRT since 8.x
   parses), biases left float. Slow in ORT (most pairs do not fuse), so it is the TensorRT artifact, not the CPU one.
+  Placement "tensorrt" follows NVIDIA's Q/DQ placement recommendations (`qdq_rules.check_placement`): Q/DQ on the
+  inputs of Conv/ConvTranspose/Gemm/MatMul (activation × activation MatMuls too), never on their outputs, and on the
+  skip input of each residual Add whose other input is a quantized weighted op's sole output, so TensorRT fuses the
+  Add into that op's epilogue; a float op never reads a dequantized tensor. onnxruntime's quantizer computes the
+  scales (`OpTypesToExcludeOutputQuantization` keeps outputs float); `keep_planned_qdq` then points every reader
+  outside the plan (LayerNorm, GELU, the fused input of a residual Add, …) back at the float tensor.
+  `TENSORRT_ORT_PLACEMENT` is the placement segedge shipped before (onnxruntime's default: inputs *and* outputs of
+  every quantized op, shared by float readers), kept for benchmarks/qdq_placement.py.
 
 Precision-sensitive nodes stay float by default: LayerNorm (the op, or its decomposed ReduceMean/Sub/Pow/Sqrt/Div
 pattern at opset 16), Softmax, the final classifier conv and any Resize after it (logit upsampling).
@@ -22,6 +30,7 @@ pattern at opset 16), Softmax, the final classifier conv and any Resize after it
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import tempfile
@@ -48,6 +57,7 @@ class QuantFlavour:
     op_types: tuple[str, ...] | None = None  # None: every op type onnxruntime can quantize
     scope: str = "all"  # "all" | "conv" (see module docstring)
     share_concat_ranges: bool = False
+    placement: str = "onnxruntime"  # "onnxruntime": quantize_static's own | "tensorrt": NVIDIA's (module docstring)
 
     def describe(self) -> dict[str, Any]:
         """The manifest's flavour fields."""
@@ -58,6 +68,9 @@ class QuantFlavour:
         d["op_types"] = list(self.op_types) if self.op_types else "all onnxruntime-quantizable"
         if self.scope == "conv":
             d["op_types"] = ["Conv (group 1)", "Resize/Concat feeding a quantized Conv"]
+        if self.placement == "tensorrt":
+            d["op_types"] = ["inputs of " + "/".join(o for o in self.op_types or () if o != "Add"),
+                             "skip input of residual Adds fused into a weighted op"]
         return d
 
 
@@ -67,9 +80,11 @@ ORT_CPU_CONV = QuantFlavour("ort-u8s8-conv", activation_type="uint8", op_types=(
                             scope="conv", share_concat_ranges=True)
 # Family → scope measured fastest at equal accuracy (module docstring); families not listed use "all".
 ORT_SCOPE_BY_FAMILY = {"segformer": "conv"}
-TENSORRT = QuantFlavour("tensorrt-s8s8", activation_type="int8", per_channel=True, activation_symmetric=True,
-                        quantize_bias=False, weights_as_qdq_pair=True,
-                        op_types=("Conv", "ConvTranspose", "MatMul", "Gemm"))
+TENSORRT_ORT_PLACEMENT = QuantFlavour("tensorrt-s8s8-ort-placement", activation_type="int8", per_channel=True,
+                                      activation_symmetric=True, quantize_bias=False, weights_as_qdq_pair=True,
+                                      op_types=("Conv", "ConvTranspose", "MatMul", "Gemm"))
+TENSORRT = dataclasses.replace(TENSORRT_ORT_PLACEMENT, name="tensorrt-s8s8",
+                               op_types=("Conv", "ConvTranspose", "MatMul", "Gemm", "Add"), placement="tensorrt")
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,74 @@ def share_concat_ranges(model: Any, table: CalibrationTable, excluded: Iterable[
     return out
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where TensorRT's placement puts Q/DQ in one graph: the (node, input index) slots that read a dequantized
+    activation, and the Adds onnxruntime must leave alone (every Add that is not a fusible residual Add)."""
+
+    slots: frozenset[tuple[str, int]]
+    float_adds: tuple[str, ...]
+
+
+def tensorrt_placement(model: Any, kept_float: Sequence[KeptFloat]) -> Placement:
+    """The Q/DQ plan of placement "tensorrt" for a quant_pre_process'ed graph (module docstring)."""
+    from .qdq_rules import WEIGHTED_OPS, quantized_input_slots, residual_adds
+
+    kept = {k.node for k in kept_float}
+    weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name not in kept]
+    # Only an Add that fuses into a weighted op we quantize gains from an int8 skip input; the rest stay float.
+    adds = [a for a in residual_adds(model) if a.weighted in weighted and a.node not in kept]
+    chosen = {a.node for a in adds}
+    float_adds = tuple(n.name for n in model.graph.node if n.op_type == "Add" and n.name not in chosen)
+    return Placement(frozenset(quantized_input_slots(model, weighted, adds)), float_adds)
+
+
+def keep_planned_qdq(qmodel: Any, slots: frozenset[tuple[str, int]]) -> int:
+    """Point every reader of an activation DequantizeLinear that is not a planned slot back at the float tensor,
+    then drop the Q/DQ nodes nobody reads; returns how many readers were moved."""
+    graph = qmodel.graph
+    consts = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    producer = {o: n for n in graph.node for o in n.output}
+    float_of = {}  # DQ output → the float tensor its Q quantizes
+    for dq in graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in consts \
+                and dq.output[0] not in outputs:  # a quantized graph output keeps its pair
+            float_of[dq.output[0]] = q.input[0]
+    moved = 0
+    for n in graph.node:
+        for i, t in enumerate(n.input):
+            if t in float_of and (n.name, i) not in slots:
+                n.input[i] = float_of[t]
+                moved += 1
+    while True:  # a DQ left unread frees its Q
+        read = {t for n in graph.node for t in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            return moved
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _ort_extra_options(flavour: QuantFlavour) -> dict[str, Any]:
+    """quantize_static's extra_options for a flavour (ort-int8's are unchanged since segedge 0.2)."""
+    extra = {
+        "ActivationSymmetric": flavour.activation_symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": flavour.quantize_bias,
+        "AddQDQPairToWeight": flavour.weights_as_qdq_pair,
+        # nn.Linear exports as MatMul with a [in, out] weight: its output channels are axis 1.
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+    }
+    if flavour.placement == "tensorrt":
+        # No Q/DQ on any output: a weighted op's output feeds its epilogue (bias, residual Add) at full precision.
+        # Shared pairs (one Q/DQ per tensor) are what ModelOpt writes too; TensorRT duplicates DQs as it fuses.
+        extra.update(OpTypesToExcludeOutputQuantization=list(flavour.op_types or ()), DedicatedQDQPair=False)
+    return extra
+
+
 def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: QuantFlavour,
              kept_float: Sequence[KeptFloat], work_dir: str | Path | None = None) -> Any:
     """quantize_static (QDQ) of a quant_pre_process'ed model with the table's ranges; returns the ModelProto."""
@@ -295,14 +378,8 @@ def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: Quant
     excluded = [k.node for k in kept_float]
     if flavour.share_concat_ranges:
         table = share_concat_ranges(onnx.load(str(pre_model_path)), table, excluded)
-    extra = {
-        "ActivationSymmetric": flavour.activation_symmetric,
-        "WeightSymmetric": True,
-        "QuantizeBias": flavour.quantize_bias,
-        "AddQDQPairToWeight": flavour.weights_as_qdq_pair,
-        # nn.Linear exports as MatMul with a [in, out] weight: its output channels are axis 1.
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-    }
+    extra = _ort_extra_options(flavour)
+    plan = tensorrt_placement(onnx.load(str(pre_model_path)), kept_float) if flavour.placement == "tensorrt" else None
     # work_dir: the export's staging area, so a killed export leaves no temp folder behind elsewhere.
     with tempfile.TemporaryDirectory(prefix="segedge-quant-", dir=work_dir) as td:
         cache = table.write_ort_cache(Path(td) / "ranges.json")
@@ -316,11 +393,15 @@ def quantize(pre_model_path: str | Path, table: CalibrationTable, flavour: Quant
                 op_types_to_quantize=list(flavour.op_types) if flavour.op_types else None,
                 per_channel=flavour.per_channel, reduce_range=False,
                 activation_type=qtype[flavour.activation_type], weight_type=qtype[flavour.weight_type],
-                nodes_to_exclude=excluded, calibrate_method=table.to_tensors_data().calibration_method,
+                nodes_to_exclude=excluded + list(plan.float_adds if plan else ()),
+                calibrate_method=table.to_tensors_data().calibration_method,
                 calibration_cache_path=str(cache), extra_options=extra)
         finally:
             quant_logger.setLevel(level)
-        return onnx.load(str(out))
+        qmodel = onnx.load(str(out))
+    if plan is not None:
+        keep_planned_qdq(qmodel, plan.slots)
+    return qmodel
 
 
 def quantizable_op_types() -> list[str]:

@@ -68,37 +68,17 @@ def _build_here_or_say(ctx: ExportContext, target: str) -> None:
         ctx.progress(f"{target}: engine pending ({why}); on the device run: {build_command(ctx.out_dir, target)}")
 
 
-def _tensorrt_qdq(ctx: ExportContext) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The TensorRT-style Q/DQ graph (the qdq target's quantization), made once per export."""
-    if "tensorrt_qdq" not in ctx.cache:
-        import onnx
-
-        from ..qdq_rules import format_violations, validate_qdq
-        from ..quantize import TENSORRT, quantize, select_kept_float, summarize
-
-        table, reused = ctx.calibration()
-        pre = ctx.pre_quant_model()
-        kept = select_kept_float(onnx.load(str(pre)), ctx.options.keep_float, ctx.options.quantize_all)
-        ctx.progress("quantizing for TensorRT (symmetric int8, per-channel weights)")
-        qmodel = quantize(pre, table, TENSORRT, kept, work_dir=ctx.work_dir)
-        violations = validate_qdq(qmodel)
-        if violations:
-            raise ExportError(f"the TensorRT Q/DQ graph breaks {len(violations)} rule(s), first: "
-                              f"{format_violations(violations, 1)}")
-        ctx.cache["tensorrt_qdq"] = (qmodel, {**summarize(qmodel, kept, TENSORRT), "qdq_rules": "passed"},
-                                     {**table.summary(), "reused": reused})
-    return ctx.cache["tensorrt_qdq"]
-
-
 def build_int8(ctx: ExportContext) -> TargetArtifact:
     """The INT8 bundle: Q/DQ graph in the generation's flavour, checked through ONNX Runtime, + the reference."""
     from ...engine.bundle import describe_islands as _describe
     from ..torch2onnx import opset_of
     from ..trt_flavours import flavour_for, islands_in
+    from .qdq import check_tensorrt_graph, tensorrt_qdq_graph
 
     generation = ctx.option("trt_version")
-    qmodel, quantization, calibration = _tensorrt_qdq(ctx)
+    qmodel, quantization, calibration = tensorrt_qdq_graph(ctx)
     graph = flavour_for(qmodel, generation)
+    check_tensorrt_graph(graph, onnx_file("trt-int8"))  # still true after the generation's rewrites
     islands = islands_in(graph, [{"node": k["node"], "op": k["op"], "reason": k["reason"]}
                                  for k in quantization.get("kept_float", [])])
     # ≤ 10: INT8 from the Q/DQ graph needs the INT8 flag; FP16 lets the layers left float run in half precision
