@@ -52,6 +52,7 @@ class ExportContext:
     cache: dict[str, Any] = field(default_factory=dict)
     target_options: dict[str, Any] = field(default_factory=dict)  # parsed values of the targets' own options
     work_dir: Path | None = None  # scratch space inside the staging folder (temp files, intermediates)
+    torch_module: Any = None  # the eval-mode PyTorch model (no raw-io wrapper), for targets converted from PyTorch
 
     def option(self, name: str) -> Any:
         """The value of a target option (see TargetSpec.options), its default when not given."""
