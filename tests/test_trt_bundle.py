@@ -90,3 +90,27 @@ def test_cli_prints_the_device_command_and_refuses_an_unknown_generation(tmp_pat
     assert r.returncode != 0 and "--trt-version applies to --target" in r.stderr
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["targets"]["trt-int8"]["verification"]["argmax_agreement"] > 0.5
+
+
+@pytest.mark.parametrize("generation", ["10", "11"])
+def test_fp16_bundle_pins_islands_and_types_the_graph_for_11(tmp_path: Path, generation: str) -> None:
+    from segedge.export.fp16 import typed_graph_problems
+
+    out = tmp_path / "tt"
+    r = _export(out, "trt-fp16", "--trt-version", generation)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "engine pending" in r.stdout and f"segedge engine build {out.as_posix()} --target trt-fp16" in r.stdout
+    e = Manifest.read(out).targets["trt-fp16"]
+    block = e.get("engine")
+    islands = block["fp32_islands"]
+    assert {i["op"] for i in islands} >= {"Softmax"}  # TopFormer-T's attention softmaxes stay FP32
+    g = onnx.load(str(out / e.file))
+    assert {i["node"] for i in islands} <= {n.name for n in g.graph.node}
+    assert e.verification["argmax_agreement"] > 0.99  # the FP16 storage proxy against PyTorch
+    fp16_inits = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in g.graph.initializer)
+    if generation == "11":
+        assert block["builder"] == {"strongly_typed": True} and fp16_inits > 0
+        assert typed_graph_problems(g, islands) == []
+    else:
+        assert block["builder"]["fp16"] is True and fp16_inits == 0  # FP32 graph: FP16 comes from the builder flag
+    assert g.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 in, as the contract says
