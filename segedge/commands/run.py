@@ -138,17 +138,14 @@ def run_cmd(
                                                                 "JSON here at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live stats; only errors and the outputs written."),
 ) -> int:
-    """Segment a camera, stream, video or image folder with an exported model: capture, inference and
-    post-processing + rendering run in parallel threads; prints live stats, writes the outputs when done. Ctrl-C (or
+    """Segment a camera, stream, video or image folder with an exported model: capture, pre-processing, inference
+    and post-processing + rendering run in parallel threads; prints live stats, writes the outputs when done. Ctrl-C (or
     SIGTERM) finishes the queued frames and closes the outputs properly; a second Ctrl-C stops at once."""
     from rich.console import Console
 
-    from .. import __version__
-    from ..io import write_json_atomic
     from ..runtime import Segmenter
     from ..video import Pipeline, SourceOptions, open_sink, open_source, stop_on_signals
     from ..video.pipeline import _check_policy
-    from ..video.stats import format_line, rich_table
     from ..video.views import check_view
 
     debug = os.environ.get("SEGEDGE_DEBUG", "").strip() not in ("", "0")
@@ -188,30 +185,40 @@ def run_cmd(
         with stop_on_signals(pipe, log=lambda m: err.print(m, markup=False)) as sig:
             pipe.start()
             error = _watch(pipe, err, quiet)
-        snap = pipe.stats()
-        snap["stopped_by"] = pipe._stopped_by if sig["signal"] else None
-        if stats is not None:
-            record = {"segedge_version": __version__, "command": ["segedge", "run", *sys.argv[2:]]
-                      if sys.argv[1:2] == ["run"] else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **snap}
-            write_json_atomic(stats, record)
-        if not quiet:
-            err.print(rich_table(snap, title=f"segedge run: {snap['status']}"))
-        for line in snap["outputs"]:
-            typer.echo(f"wrote {line}")
-        if stats is not None:
-            typer.echo(f"wrote {stats}")
-        if quiet:
-            err.print(format_line(snap), markup=False)
-        if error is not None:
-            raise error
-        if sig["signal"] is not None:
-            return 130 if sig["signal"] == 2 else 128 + int(sig["signal"])
-        return 0
+        return _report(pipe, sig["signal"], error, stats, err, quiet)
     finally:
         if pipe is not None:
             pipe.close()
         source.close()
         seg.close()
+
+
+def _report(pipe: Any, signum: int | None, error: BaseException | None, stats: Optional[Path], err: Any,
+            quiet: bool) -> int:
+    """The end of a run: stats JSON, the final table (or one line), what was written; the exit code."""
+    from .. import __version__
+    from ..io import write_json_atomic
+    from ..video.stats import format_line, rich_table
+
+    snap = pipe.stats()
+    snap["stopped_by"] = pipe._stopped_by if signum else None
+    if stats is not None:
+        record = {"segedge_version": __version__, "command": ["segedge", "run", *sys.argv[2:]]
+                  if sys.argv[1:2] == ["run"] else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **snap}
+        write_json_atomic(stats, record)
+    if not quiet:
+        err.print(rich_table(snap, title=f"segedge run: {snap['status']}"))
+    for line in snap["outputs"]:
+        typer.echo(f"wrote {line}")
+    if stats is not None:
+        typer.echo(f"wrote {stats}")
+    if quiet:
+        err.print(format_line(snap), markup=False)
+    if error is not None:
+        raise error
+    if signum is not None:
+        return 130 if signum == 2 else 128 + int(signum)
+    return 0
 
 
 class _nullcontext:
