@@ -83,103 +83,123 @@ def _weight_axis(consumer: Any, input_index: int, rank: int) -> int | None:
     return None
 
 
+class _Index:
+    """Constants, producers and consumers of a graph, and the weight paths through its Q/DQ nodes."""
+
+    def __init__(self, model: Any) -> None:
+        self.consts = _constants(model)
+        self.consumers: dict[str, list[tuple[Any, int]]] = {}
+        self.producer: dict[str, Any] = {}
+        for n in model.graph.node:
+            for o in n.output:
+                self.producer[o] = n
+            for i, t in enumerate(n.input):
+                self.consumers.setdefault(t, []).append((n, i))
+
+    def weight_of(self, node: Any) -> np.ndarray | None:
+        """The constant tensor a Q (float weight) or DQ (int8 weight, or fed by a weight Q) quantizes."""
+        x = node.input[0]
+        if x in self.consts:
+            return self.consts[x]
+        p = self.producer.get(x)
+        if node.op_type == "DequantizeLinear" and p is not None and p.op_type == "QuantizeLinear" and \
+                p.input[0] in self.consts:
+            return self.consts[p.input[0]]
+        return None
+
+    def weight_consumer_axis(self, node: Any, rank: int) -> tuple[Any, int | None]:
+        """(consumer, expected axis) for the weight path starting at `node`."""
+        outs = [node]
+        if node.op_type == "QuantizeLinear":
+            outs = [c for c, _ in self.consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"] or [node]
+        for dq in outs:
+            for c, idx in self.consumers.get(dq.output[0], []):
+                if c.op_type in WEIGHTED_OPS:
+                    return c, _weight_axis(c, idx, rank)
+        return None, None
+
+
+def _scale_rules(n: Any, name: str, consts: dict[str, np.ndarray]) -> list[Violation]:
+    """Scale: constant, float, finite, > 0 (the caller has checked it is constant)."""
+    scale = consts[n.input[1]]
+    if scale.dtype.kind != "f":
+        return [Violation(name, "scale-float", f"scale has dtype {scale.dtype}, expected float")]
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        return [Violation(name, "scale-positive", f"scale has non-finite or non-positive values "
+                          f"(min {float(np.min(scale)):.3g})")]
+    return []
+
+
+def _zero_point_rules(n: Any, name: str, consts: dict[str, np.ndarray]) -> list[Violation]:
+    """Zero point: present, int8, all 0; no uint8 tensor dequantized."""
+    out = []
+    zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+    if len(n.input) > 2 and n.input[2] and zp is None:
+        out.append(Violation(name, "zero-point-constant", "zero point is not a constant initializer"))
+    elif zp is None:
+        out.append(Violation(name, "zero-point-int8", "zero point missing: it defaults to uint8; TensorRT "
+                             "needs int8 zero points of 0"))
+    elif zp.dtype != np.int8:
+        what = "uint8 (asymmetric activations)" if zp.dtype == np.uint8 else \
+            "int32 (quantized bias)" if zp.dtype == np.int32 else str(zp.dtype)
+        out.append(Violation(name, "zero-point-int8", f"zero point is {what}; TensorRT needs int8"))
+    elif np.any(zp != 0):
+        out.append(Violation(name, "zero-point-zero", f"zero point is not 0 (max |zp| {int(np.abs(zp).max())}); "
+                             "TensorRT quantization is symmetric"))
+    if n.op_type == "DequantizeLinear" and n.input[0] in consts and consts[n.input[0]].dtype == np.uint8:
+        out.append(Violation(name, "no-uint8", "dequantizes a uint8 tensor; TensorRT needs int8"))
+    return out
+
+
+def _granularity_rules(n: Any, name: str, index: _Index, require_per_channel_weights: bool) -> list[Violation]:
+    """Weights per-channel on the output-channel axis with int8 values in [-127, 127]; activations per-tensor."""
+    scale = index.consts[n.input[1]]
+    w = index.weight_of(n)
+    scale_is_vector = scale.ndim >= 1 and scale.size > 1
+    if w is None:
+        return [Violation(name, "activation-per-tensor", f"activation quantized per-channel ({scale.size} scales); "
+                          "TensorRT expects per-tensor activation scales")] if scale_is_vector else []
+    consumer, axis = index.weight_consumer_axis(n, w.ndim)
+    if consumer is None or axis is None:
+        return [Violation(name, "activation-per-tensor", "constant tensor feeding no weight slot has a per-channel "
+                          "scale")] if scale_is_vector else []
+    out = []
+    if n.op_type == "DequantizeLinear" and w.dtype == np.int8 and np.any(w == -128):
+        out.append(Violation(name, "weight-range", "int8 weight uses -128; symmetric range is [-127, 127]"))
+    if not scale_is_vector:
+        if require_per_channel_weights and w.shape[axis] > 1:
+            out.append(Violation(name, "weight-per-channel", f"weight of {consumer.op_type} '{consumer.name}' is "
+                                 f"quantized per-tensor; expected per-channel on axis {axis}"))
+        return out
+    got_axis = int(_attr(n, "axis", 1))
+    got_axis = got_axis + w.ndim if got_axis < 0 else got_axis
+    if got_axis != axis or scale.size != w.shape[axis]:
+        out.append(Violation(name, "weight-axis", f"weight of {consumer.op_type} '{consumer.name}' is quantized on "
+                             f"axis {got_axis} ({scale.size} scales); expected the output-channel axis {axis} "
+                             f"({w.shape[axis]} channels)"))
+    return out
+
+
 def validate_qdq(model: Any, require_per_channel_weights: bool = True) -> list[Violation]:
     """Every rule violation in `model` (an onnx.ModelProto or a path); an empty list means TensorRT-compatible."""
     import onnx
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
-    consts = _constants(model)
-    nodes = list(model.graph.node)
-    consumers: dict[str, list[tuple[Any, int]]] = {}
-    producer: dict[str, Any] = {}
-    for n in nodes:
-        for o in n.output:
-            producer[o] = n
-        for i, t in enumerate(n.input):
-            consumers.setdefault(t, []).append((n, i))
-    qdq = [n for n in nodes if n.op_type in QDQ_OPS]
-    out: list[Violation] = []
+    qdq = [n for n in model.graph.node if n.op_type in QDQ_OPS]
     if not qdq:
         return [Violation(model.graph.name or "graph", "has-qdq", "no QuantizeLinear/DequantizeLinear nodes: "
                           "this is not a Q/DQ model")]
-
-    def weight_of(node: Any) -> np.ndarray | None:
-        """The constant tensor a Q (float weight) or DQ (int8 weight, or fed by a weight Q) quantizes."""
-        x = node.input[0]
-        if x in consts:
-            return consts[x]
-        p = producer.get(x)
-        if node.op_type == "DequantizeLinear" and p is not None and p.op_type == "QuantizeLinear" and \
-                p.input[0] in consts:
-            return consts[p.input[0]]
-        return None
-
-    def weight_consumer_axis(node: Any, rank: int) -> tuple[Any, int | None]:
-        """(consumer, expected axis) for the weight path starting at `node`."""
-        outs = [node]
-        if node.op_type == "QuantizeLinear":
-            outs = [c for c, _ in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"] or [node]
-        for dq in outs:
-            for c, idx in consumers.get(dq.output[0], []):
-                if c.op_type in WEIGHTED_OPS:
-                    return c, _weight_axis(c, idx, rank)
-        return None, None
-
+    index = _Index(model)
+    out: list[Violation] = []
     for n in qdq:
         name = n.name or f"{n.op_type}({n.input[0]})"
-        # Scale: constant, float, finite, > 0.
-        scale = consts.get(n.input[1]) if len(n.input) > 1 else None
-        if scale is None:
+        if len(n.input) < 2 or n.input[1] not in index.consts:
             out.append(Violation(name, "scale-constant", "scale is not a constant initializer"))
             continue
-        if scale.dtype.kind != "f":
-            out.append(Violation(name, "scale-float", f"scale has dtype {scale.dtype}, expected float"))
-        elif not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            out.append(Violation(name, "scale-positive", f"scale has non-finite or non-positive values "
-                                 f"(min {float(np.min(scale)):.3g})"))
-        # Zero point: present, int8, all 0.
-        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        if len(n.input) > 2 and n.input[2] and zp is None:
-            out.append(Violation(name, "zero-point-constant", "zero point is not a constant initializer"))
-        elif zp is None:
-            out.append(Violation(name, "zero-point-int8", "zero point missing: it defaults to uint8; TensorRT "
-                                 "needs int8 zero points of 0"))
-        elif zp.dtype != np.int8:
-            what = "uint8 (asymmetric activations)" if zp.dtype == np.uint8 else \
-                "int32 (quantized bias)" if zp.dtype == np.int32 else str(zp.dtype)
-            out.append(Violation(name, "zero-point-int8", f"zero point is {what}; TensorRT needs int8"))
-        elif np.any(zp != 0):
-            out.append(Violation(name, "zero-point-zero", f"zero point is not 0 (max |zp| {int(np.abs(zp).max())}); "
-                                 "TensorRT quantization is symmetric"))
-        if n.op_type == "DequantizeLinear" and n.input[0] in consts and consts[n.input[0]].dtype == np.uint8:
-            out.append(Violation(name, "no-uint8", "dequantizes a uint8 tensor; TensorRT needs int8"))
-        # Granularity: weights per-channel on the output-channel axis, activations per-tensor.
-        w = weight_of(n)
-        scale_is_vector = scale.ndim >= 1 and scale.size > 1
-        if w is not None:
-            consumer, axis = weight_consumer_axis(n, w.ndim)
-            if consumer is None or axis is None:
-                if scale_is_vector:
-                    out.append(Violation(name, "activation-per-tensor",
-                                         "constant tensor feeding no weight slot has a per-channel scale"))
-                continue
-            if n.op_type == "DequantizeLinear" and w.dtype == np.int8 and np.any(w == -128):
-                out.append(Violation(name, "weight-range", "int8 weight uses -128; symmetric range is [-127, 127]"))
-            if not scale_is_vector:
-                if require_per_channel_weights and w.shape[axis] > 1:
-                    out.append(Violation(name, "weight-per-channel", f"weight of {consumer.op_type} "
-                                         f"'{consumer.name}' is quantized per-tensor; expected per-channel on axis {axis}"))
-                continue
-            got_axis = int(_attr(n, "axis", 1))
-            got_axis = got_axis + w.ndim if got_axis < 0 else got_axis
-            if got_axis != axis or scale.size != w.shape[axis]:
-                out.append(Violation(name, "weight-axis", f"weight of {consumer.op_type} '{consumer.name}' is "
-                                     f"quantized on axis {got_axis} ({scale.size} scales); expected the output-channel "
-                                     f"axis {axis} ({w.shape[axis]} channels)"))
-        elif scale_is_vector:
-            out.append(Violation(name, "activation-per-tensor", f"activation quantized per-channel ({scale.size} "
-                                 "scales); TensorRT expects per-tensor activation scales"))
+        out += _scale_rules(n, name, index.consts)
+        out += _zero_point_rules(n, name, index.consts)
+        out += _granularity_rules(n, name, index, require_per_channel_weights)
     return out
 
 
