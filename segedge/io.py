@@ -72,6 +72,35 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def path_files(path: str | os.PathLike) -> list[Path]:
+    """A file itself, or every file under a folder artifact (an .mlpackage) in a stable order."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    return sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
+
+
+def path_size(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file under a folder; 0 when it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    return sum(f.stat().st_size for f in path_files(p))
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder: its files' relative paths and digests in order."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in path_files(p):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
+
+
 def read_image_file(path: str | os.PathLike) -> Any:
     """An image file as H×W×3 uint8 BGR, or None when it is missing or not a decodable image.
 

@@ -86,10 +86,9 @@ def portable_spec(spec: str) -> str:
 
 def path_bytes(path: str | Path) -> int:
     """Size on disk of a file or a folder (all files under it)."""
-    p = Path(path)
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return p.stat().st_size if p.exists() else 0
+    from ..io import path_size
+
+    return path_size(path)
 
 
 def artifact_files(path: str | Path) -> list[Path]:

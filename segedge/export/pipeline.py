@@ -25,7 +25,7 @@ import torch
 from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContract, Manifest, ModelContract,
                         OutputContract, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
-from ..io import ensure_writable_dir, sha256_file
+from ..io import ensure_writable_dir, path_size, sha256_path
 from ..models import create_model, default_weights, get_spec, parse_size, validate_input_size
 from ..runtime.backends.base import Backend, InputSpec
 from ..runtime.preprocess import preprocess, to_raw_input
@@ -435,10 +435,10 @@ def _build_targets(targets: Sequence[TargetSpec], ctx: ExportContext) -> dict[st
         ctx.progress(f"building target {t.name}")
         art = t.build(ctx)
         entry = dict(art.entry)
-        entry["sha256"] = sha256_file(art.path)
-        entry["size_bytes"] = art.path.stat().st_size
+        entry["sha256"] = sha256_path(art.path)  # a file, or a folder artifact (a CoreML .mlpackage)
+        entry["size_bytes"] = path_size(art.path)
         if art.extra_files:  # e.g. OpenVINO's .bin: hashed too, so a stale pair is never carried over
-            entry["companion_files"] = {x.name: {"sha256": sha256_file(x), "size_bytes": x.stat().st_size}
+            entry["companion_files"] = {x.name: {"sha256": sha256_path(x), "size_bytes": path_size(x)}
                                         for x in art.extra_files}
         ctx.manifest.add_target(t.name, entry)
         staged[entry["file"]] = art.path
@@ -550,9 +550,9 @@ def _kept_entries(txn: FolderTransaction, old: Manifest | None, manifest: Manife
             drop.update(files)
             continue
         intact = old.contract.graph_sha256 == graph_sha and all(
-            Path(f).name == f and f not in staged and (out / f).is_file() for f in files) \
-            and entry.sha256 == sha256_file(out / entry.file) \
-            and all(m.get("sha256") == sha256_file(out / c) for c, m in entry.companion_files.items())
+            Path(f).name == f and f not in staged and (out / f).exists() for f in files) \
+            and entry.sha256 == sha256_path(out / entry.file) \
+            and all(m.get("sha256") == sha256_path(out / c) for c, m in entry.companion_files.items())
         if intact:
             manifest.add_target(name, entry)  # same FP32 graph: that artifact is still valid
         else:

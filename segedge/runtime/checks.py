@@ -15,6 +15,7 @@ from typing import Any
 
 from ..contract import MANIFEST_NAME, ModelContract, TargetEntry
 from ..errors import SegedgeError
+from ..io import path_size
 from .backends.base import Backend
 
 VERIFY_MODES = ("fast", "full", "off")
@@ -50,18 +51,32 @@ def _save_cache(cache: dict[str, Any]) -> None:
         pass  # a read-only home on a device: hashing again next time is fine
 
 
-def file_sha256(path: Path, mode: str) -> str:
-    """sha256 of `path`, from the cache in fast mode when size, mtime and inode are unchanged."""
-    from ..io import sha256_file
+def _stamp(path: Path) -> list[Any]:
+    """What must not change for a cached digest to stay valid: size, mtime and inode of the file, or of every file
+    of a folder artifact (an .mlpackage), with its relative path."""
+    from ..io import path_files
 
-    st = path.stat()
+    if not path.is_dir():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+    out: list[Any] = []
+    for f in path_files(path):
+        st = f.stat()
+        out.append([f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def file_sha256(path: Path, mode: str) -> str:
+    """sha256 of `path` (a file or a folder artifact), from the cache in fast mode when its stamp is unchanged."""
+    from ..io import sha256_path
+
     key = os.path.realpath(path)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    stamp = _stamp(path)
     cache = _load_cache() if mode == "fast" else {}
     hit = cache.get(key)
     if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
         return hit["sha256"]
-    digest = sha256_file(path)
+    digest = sha256_path(path)
     if mode == "fast":
         cache.pop(key, None)
         cache[key] = {"stamp": stamp, "sha256": digest}
@@ -80,12 +95,13 @@ def verify_files(folder: Path, target: str, entry: TargetEntry, mode: str) -> No
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise SegedgeError(f"{folder}/{MANIFEST_NAME} names {name} for target '{target}', outside the export "
                                "folder; re-run `segedge export`")
-        if not p.is_file():
+        if not p.exists():
             raise SegedgeError(f"{folder}/{MANIFEST_NAME} lists {name} for target '{target}' but the file is "
                                "missing; re-run `segedge export`")
         fix = "re-run `segedge export` (or load with verify='off' to run it anyway)"
-        if size is not None and p.stat().st_size != int(size):
-            raise SegedgeError(f"{p.name} is {p.stat().st_size} bytes but {MANIFEST_NAME} recorded {size} for target "
+        got = path_size(p)
+        if size is not None and got != int(size):
+            raise SegedgeError(f"{p.name} is {got} bytes but {MANIFEST_NAME} recorded {size} for target "
                                f"'{target}': the file was replaced or truncated; {fix}")
         if digest and file_sha256(p, mode) != digest:
             raise SegedgeError(f"{p.name} does not match the sha256 in {MANIFEST_NAME} for target '{target}': the "
