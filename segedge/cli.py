@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "run",       # segedge run
     "engine",    # segedge engine build
     "deploy",    # segedge deploy deepstream|triton
+    "quantize",  # segedge quantize sensitivity
 ]
 
 # Recent Typer vendors Click (typer._click), older Typer uses click itself: find the classes through public names.

@@ -46,6 +46,10 @@ def export_cmd(
                                            "(ort-int8: with every quantizable op unless --ort-scope conv)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled dataset folder: adds mIoU per target."),
     val_count: int = typer.Option(32, "--val-count", min=1, help="Labelled frames used by --val."),
+    max_miou_drop: Optional[float] = typer.Option(
+        None, "--max-miou-drop", metavar="PP",
+        help="INT8 (ort-int8, qdq, trt-int8): keep the most sensitive node groups float until the mIoU drop vs FP32 "
+             "on half of the --val frames is <= PP points; the other half is held back and reported. Needs --val."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default exports/<model>-<H>x<W>)."),
     replace: bool = typer.Option(False, "--replace",
                                  help="Drop the folder's other targets when they were built from another graph "
@@ -68,7 +72,7 @@ def export_cmd(
         calib_method=calib_method, calib_seed=calib_seed, video_step=video_step, opset=opset, dynamic=dynamic,
         dynamic_batch=dynamic_batch, io=io, raw_color=raw_color, upsample=upsample,
         keep_float=[k for k in (keep_float or "").split(",") if k.strip()], quantize_all=quantize_all,
-        val=val, val_count=val_count, out=out, replace=replace,
+        val=val, val_count=val_count, out=out, replace=replace, max_miou_drop=max_miou_drop,
         target_options={k: v for k, v in target_options.items() if v is not None})
     t0 = time.perf_counter()
     with console.status("exporting", spinner="dots") as status:
@@ -92,6 +96,13 @@ def export_cmd(
     if cal:
         typer.echo(f"  calibration: {cal['method']} on {cal['count']} frames from {cal['source']}"
                    f"{' (cached table reused)' if cal.get('reused') else ''}")
+    for name, e in result.manifest["targets"].items():
+        budget = (e.get("quantization") or {}).get("budget")
+        if budget:
+            typer.echo(f"  {name}: --max-miou-drop {budget['max_miou_drop_pt']:g} met with float islands "
+                       f"{', '.join(i['group'] for i in budget['float_islands']) or 'none (defaults)'}: drop "
+                       f"{budget['budget_set']['chosen']['drop_pt']:.2f} pt on the budget frames, "
+                       f"{budget['held_back_set']['chosen']['drop_pt']:.2f} pt on the held-back frames")
     typer.echo(f"  manifest: {Path(result.manifest_path)}")
 
 

@@ -71,6 +71,9 @@ class ExportOptions:
     out: str | Path | None = None
     verify_frames: int = VERIFY_FRAMES
     replace: bool = False  # drop the folder's other targets when they no longer fit the new graph
+    # INT8 accuracy budget (mIoU points lost vs FP32 on --val's budget half): float islands are searched until it is
+    # met (segedge.export.sensitivity); None: the family defaults.
+    max_miou_drop: float | None = None
     # Options that only some targets take (TargetSpec.options), by name, e.g. {"ov_precision": "bf16",
     # "ort_scope": "conv"}; one given for none of the requested targets is refused.
     target_options: dict[str, Any] = field(default_factory=dict)
@@ -204,6 +207,24 @@ def _check_options(opts: ExportOptions) -> tuple[Any, str, str]:
     return spec, io, raw_color
 
 
+def _check_budget(opts: ExportOptions, targets: Sequence[TargetSpec], notes: list[str]) -> None:
+    """--max-miou-drop needs --val and an ONNX INT8 target; checked before the weights load."""
+    from .sensitivity import BUDGET_TARGETS, check_budget
+
+    opts.max_miou_drop = check_budget(opts.max_miou_drop)
+    if opts.max_miou_drop is None:
+        return
+    if opts.val is None:
+        raise SegedgeError("--max-miou-drop needs labelled frames to measure the drop: add --val DIR (a labelled "
+                           "dataset folder such as CamVid)")
+    names = [t.name for t in targets]
+    if not any(n in BUDGET_TARGETS for n in names):
+        raise SegedgeError(f"--max-miou-drop applies to the INT8 targets {', '.join(BUDGET_TARGETS)}; add one to "
+                           "--target or drop --max-miou-drop")
+    if any(n.endswith("int8") and n not in BUDGET_TARGETS for n in names):
+        notes.append("--max-miou-drop does not search openvino-int8 yet: it keeps its NNCF defaults")
+
+
 def _load_model(spec: Any, opts: ExportOptions, notes: list[str]) -> tuple[torch.nn.Module, tuple[int, int]]:
     """The model with its weights (the embedded demo checkpoint when none is given) and the validated input size."""
     weights = opts.weights
@@ -250,6 +271,7 @@ def _resolve(opts: ExportOptions, say: Callable[[str], None]) -> _Plan:
     target_options = _resolve_option_values(targets, dict(opts.target_options or {}))
     method = check_method(opts.calib_method)
     needs_calib = any(t.needs_calibration for t in targets)
+    _check_budget(opts, targets, notes)
     if not needs_calib and (opts.keep_float or opts.quantize_all):
         notes.append("--keep-float / --quantize-all only affect INT8 targets (e.g. --target ort-int8); ignored")
     say(f"loading {spec.name} weights")
@@ -480,6 +502,7 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
             out, ctx.pre_quant_model(), graph_sha, frames, make_input, plan.io_names[0], plan.method,
             plan.opts.calib_seed, say, save_to=txn.stage, work_dir=txn.work)
         ctx.cache["fp32_verification"] = fp32_ver
+        ctx.cache["val_pairs"] = checks.val_pairs  # the --max-miou-drop search splits them (budget / held back)
         staged = _build_targets(plan.targets, ctx)
         pause_point("export:staged")
         say("writing the export folder")

@@ -205,10 +205,11 @@ def resolve_keep_float(model: Any, items: Iterable[str]) -> list[KeptFloat]:
 
 
 def select_kept_float(model: Any, keep_float: Sequence[str] = (), quantize_all: bool = False,
-                      flavour: QuantFlavour | None = None) -> list[KeptFloat]:
-    """Defaults (unless quantize_all) plus the user's --keep-float items, plus what the flavour's scope leaves float."""
+                      flavour: QuantFlavour | None = None, extra: Sequence[KeptFloat] = ()) -> list[KeptFloat]:
+    """Defaults (unless quantize_all) plus the user's --keep-float items plus `extra` (float islands chosen by the
+    sensitivity search), plus what the flavour's scope leaves float."""
     kept = {} if quantize_all else {k.node: k for k in default_keep_float(model)}
-    for k in resolve_keep_float(model, keep_float):
+    for k in [*resolve_keep_float(model, keep_float), *extra]:
         kept.setdefault(k.node, k)
     if flavour is not None:
         for k in out_of_scope(model, flavour, list(kept.values())):

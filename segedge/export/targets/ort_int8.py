@@ -30,11 +30,17 @@ def build(ctx: ExportContext) -> TargetArtifact:
         scope = "all"
     flavour = ort_cpu_flavour(str(ctx.manifest.contract.family or ""), scope)
     kept = select_kept_float(onnx.load(str(pre)), opts.keep_float, opts.quantize_all, flavour)
+    budget = None
+    if getattr(opts, "max_miou_drop", None) is not None:
+        from ..sensitivity import budgeted_kept_float
+
+        kept, budget = budgeted_kept_float(ctx, "ort-int8", flavour)
     ctx.progress(f"quantizing ort-int8 (uint8 activations, int8 weights, per-tensor, scope {flavour.scope})")
     qmodel = quantize(pre, table, flavour, kept, work_dir=ctx.work_dir)
     entry = {
         "precision": "int8", "opset": opset_of(qmodel), "runtime": "onnxruntime",
-        "quantization": {**summarize(qmodel, kept, flavour), "scope_requested": requested},
+        "quantization": {**summarize(qmodel, kept, flavour), "scope_requested": requested,
+                         **({"budget": budget} if budget is not None else {})},
         "calibration": {**table.summary(), "reused": reused},
         "verification": ctx.verify(qmodel, "ort-int8"),
     }

@@ -41,11 +41,17 @@ def tensorrt_qdq_graph(ctx: ExportContext) -> tuple[Any, dict[str, Any], dict[st
         table, reused = ctx.calibration()
         pre = ctx.pre_quant_model()
         kept = select_kept_float(onnx.load(str(pre)), ctx.options.keep_float, ctx.options.quantize_all)
+        budget = None
+        if getattr(ctx.options, "max_miou_drop", None) is not None:  # trt-int8 inherits the islands chosen here
+            from ..sensitivity import budgeted_kept_float
+
+            kept, budget = budgeted_kept_float(ctx, "qdq", TENSORRT)
         ctx.progress("quantizing for TensorRT (symmetric int8, per-channel weights, NVIDIA's Q/DQ placement)")
         qmodel = quantize(pre, table, TENSORRT, kept, work_dir=ctx.work_dir)
         check_tensorrt_graph(qmodel)
         ctx.cache["tensorrt_qdq"] = (
-            qmodel, {**summarize(qmodel, kept, TENSORRT), "qdq_rules": "passed", "qdq_placement": "passed"},
+            qmodel, {**summarize(qmodel, kept, TENSORRT), "qdq_rules": "passed", "qdq_placement": "passed",
+                     **({"budget": budget} if budget is not None else {})},
             {**table.summary(), "reused": reused})
     return ctx.cache["tensorrt_qdq"]
 
