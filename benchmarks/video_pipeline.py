@@ -5,7 +5,8 @@
 In one run, on one generated 360x480 clip (`--frames`, mp4v) and the same work per frame (decode, pre-process,
 inference, post-processing, overlay render; outputs discarded):
 
-- pure inference: the backend alone on one prepared frame, repeated → 1 / time is the ceiling of any loop;
+- pure inference: the backend alone on one prepared frame, repeated → 1 / time is the ceiling of any loop; measured
+  before and after every round, because a shared machine's speed drifts by 20 % within minutes;
 - sequential: read → predict → overlay, one frame after the other in one thread (a plain camera loop);
 - pipelined: `segedge.video.Pipeline` with policy `all` (capture, pre, infer, post+render in four threads);
 
@@ -158,9 +159,9 @@ def main() -> None:
         clip = make_clip(Path(tmp) / "clip.mp4", a.frames)
         first = cv2.VideoCapture(str(clip)).read()[1]
         print(f"model {seg!r}; clip {a.frames} frames 360x480", file=sys.stderr)
-        infer = pure_inference(seg, first, min(200, a.frames))
-        seq, pipe = [], []
-        for r in range(a.rounds):
+        seq, pipe, ceilings = [], [], []
+        for r in range(a.rounds):  # the ceiling is measured in every round too: this machine's speed drifts
+            ceilings.append(pure_inference(seg, first, min(100, a.frames)))
             order = (("seq", "pipe") if r % 2 == 0 else ("pipe", "seq"))
             for what in order:
                 if what == "seq":
@@ -168,8 +169,17 @@ def main() -> None:
                 else:
                     pipe.append(pipelined(seg, clip, a.queue_size))
                 print(f"round {r + 1} {what}: {(seq if what == 'seq' else pipe)[-1]['fps']} fps", file=sys.stderr)
+            ceilings.append(pure_inference(seg, first, min(100, a.frames)))
+            print(f"round {r + 1} pure inference before / after: {ceilings[-2]['fps_ceiling']} / "
+                  f"{ceilings[-1]['fps_ceiling']} fps", file=sys.stderr)
     seq_fps = statistics.median(x["fps"] for x in seq)
     pipe_fps = statistics.median(x["fps"] for x in pipe)
+    infer = {"runs": ceilings, "fps_ceiling": round(statistics.median(c["fps_ceiling"] for c in ceilings), 2),
+             "median_ms": round(statistics.median(c["median_ms"] for c in ceilings), 3)}
+    # per round: pipelined FPS over the mean of the ceilings measured just before and just after it
+    around = [statistics.fmean([ceilings[2 * r]["fps_ceiling"], ceilings[2 * r + 1]["fps_ceiling"]])
+              for r in range(len(pipe))]
+    per_round = [round(p["fps"] / c, 3) for p, c in zip(pipe, around)]
     rates = ([round(pipe_fps * 0.5, 1), round(min(240.0, pipe_fps * 1.5), 1)] if a.live_fps == "auto"
              else [float(x) for x in a.live_fps.split(",") if x.strip()])
     live_runs = []
@@ -195,6 +205,7 @@ def main() -> None:
         "pipelined": {"fps_median": pipe_fps, "runs": pipe},
         "speedup_pipelined_vs_sequential": round(pipe_fps / seq_fps, 3),
         "pipelined_vs_inference_ceiling": round(pipe_fps / infer["fps_ceiling"], 3),
+        "pipelined_vs_ceiling_per_round": per_round,
         "live": live_runs,
         "soak": soaked,
     }

@@ -228,3 +228,34 @@ def test_sensitivity_cli_on_the_demo_export(tmp_path: Path, capsys: pytest.Captu
     assert rep["fp32"]["latency_ms"] > 0 and rep["cpu"]["arch"]
     assert (folder / "sensitivity.ort-int8.png").is_file() and (folder / "sensitivity.ort-int8.md").is_file()
 
+
+
+def test_family_default_float_groups_apply_unless_quantize_all(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """TopFormer keeps its first token-pyramid stage float by default (the budget search's choice); --quantize-all
+    drops the family groups with the other defaults."""
+    from types import SimpleNamespace
+
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from video_util import tiny_export
+
+    from segedge.contract import Manifest
+    from segedge.export.sensitivity import FAMILY_FLOAT_GROUPS, default_kept_float
+
+    demo = tiny_export(tmp_path_factory)  # a real TopFormer-T export at 128x128
+    pre = tmp_path_factory.mktemp("pre") / "pre.onnx"
+    quant_pre_process(str(demo / "model.onnx"), str(pre))
+    man = Manifest.read(demo)
+    assert FAMILY_FLOAT_GROUPS == {"topformer": ("tpm.s1",)} and man.contract.family == "topformer"
+
+    def ctx(quantize_all: bool) -> SimpleNamespace:
+        opts = SimpleNamespace(max_miou_drop=None, keep_float=(), quantize_all=quantize_all)
+        return SimpleNamespace(options=opts, manifest=man, pre_quant_model=lambda: pre)
+
+    kept, budget = default_kept_float(ctx(False), "qdq", TENSORRT)
+    family = [k for k in kept if "tpm.s1" in k.reason]
+    names = {n.name for n in onnx.load(str(pre)).graph.node}
+    assert budget is None and family and all(k.node in names and "/tpm/" in k.node for k in family)
+    assert "Conv" in {k.op for k in family} <= {"Conv", "Add"}  # its convs and the residual Adds between them
+    kept_all, _ = default_kept_float(ctx(True), "qdq", TENSORRT)
+    assert not any("tpm.s1" in k.reason for k in kept_all)

@@ -205,6 +205,44 @@ def node_groups(model: Any, family: str, group_by: str, nodes: Sequence[Any], mo
     return groups
 
 
+# The float groups an export keeps by default, per family: the outcome of `--max-miou-drop 0.3` on the demo models
+# (benchmarks/int8_budget.py, results/int8-budget/). TopFormer's first token-pyramid stage (stem and layers 1-3)
+# carries full-resolution, high-range activations: keeping it float took TopFormer-T's qdq drop from 0.56 to 0.06 pt
+# (budget half of CamVid val) and from 1.61 to -0.01 pt on the dusk drive 0001TP, and its ort-int8 drop on that drive
+# from 6.05 to 0.08 pt, at no latency cost on ort-int8 (9.8 vs 10.5 ms). SegFormer needed no island.
+FAMILY_FLOAT_GROUPS: dict[str, tuple[str, ...]] = {"topformer": ("tpm.s1",)}
+
+
+def family_float_islands(model: Any, family: str, flavour: QuantFlavour, base: Sequence[KeptFloat],
+                         model_name: str | None = None) -> list[KeptFloat]:
+    """The nodes of the family's default float groups (FAMILY_FLOAT_GROUPS) that `flavour` would otherwise quantize."""
+    wanted = FAMILY_FLOAT_GROUPS.get(family, ())
+    if not wanted:
+        return []
+    groups = node_groups(model, family, "block", candidate_nodes(model, flavour, base), model_name)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return [KeptFloat(n, ops[n], f"family default float group {g} (chosen by --max-miou-drop 0.3)")
+            for g in wanted for n in groups.get(g, [])]
+
+
+def default_kept_float(ctx: Any, target: str, flavour: QuantFlavour) -> tuple[list[KeptFloat], dict[str, Any] | None]:
+    """(kept-float list, budget record or None) of an ONNX INT8 target: the budget search's choice with
+    --max-miou-drop, else the defaults + the user's --keep-float + the family's float groups (none with
+    --quantize-all)."""
+    import onnx
+
+    opts = ctx.options
+    if opts.max_miou_drop is not None:
+        return budgeted_kept_float(ctx, target, flavour)
+    model = onnx.load(str(ctx.pre_quant_model()))
+    kept = select_kept_float(model, opts.keep_float, opts.quantize_all, flavour)
+    if opts.quantize_all:
+        return kept, None
+    contract = ctx.manifest.contract
+    extra = family_float_islands(model, str(contract.family or ""), flavour, kept, contract.model)
+    return select_kept_float(model, opts.keep_float, opts.quantize_all, flavour, extra=extra), None
+
+
 # -- labelled frames ------------------------------------------------------------------------------------------------
 
 @dataclass

@@ -16,9 +16,8 @@ FILENAME = "model.int8.onnx"
 
 def build(ctx: ExportContext) -> TargetArtifact:
     """Quantize the pre-processed FP32 graph with the shared table, check it against PyTorch, stage it."""
-    import onnx
-
-    from ..quantize import ort_cpu_flavour, quantize, select_kept_float, summarize
+    from ..quantize import ort_cpu_flavour, quantize, summarize
+    from ..sensitivity import default_kept_float
     from ..torch2onnx import opset_of
 
     table, reused = ctx.calibration()
@@ -29,12 +28,7 @@ def build(ctx: ExportContext) -> TargetArtifact:
     if scope == "auto" and opts.quantize_all:
         scope = "all"
     flavour = ort_cpu_flavour(str(ctx.manifest.contract.family or ""), scope)
-    kept = select_kept_float(onnx.load(str(pre)), opts.keep_float, opts.quantize_all, flavour)
-    budget = None
-    if getattr(opts, "max_miou_drop", None) is not None:
-        from ..sensitivity import budgeted_kept_float
-
-        kept, budget = budgeted_kept_float(ctx, "ort-int8", flavour)
+    kept, budget = default_kept_float(ctx, "ort-int8", flavour)
     ctx.progress(f"quantizing ort-int8 (uint8 activations, int8 weights, per-tensor, scope {flavour.scope})")
     qmodel = quantize(pre, table, flavour, kept, work_dir=ctx.work_dir)
     entry = {

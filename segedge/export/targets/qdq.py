@@ -34,18 +34,12 @@ def tensorrt_qdq_graph(ctx: ExportContext) -> tuple[Any, dict[str, Any], dict[st
     """(graph, quantization entry, calibration entry) of the TensorRT Q/DQ graph, made once per export: the `qdq`
     and `trt-int8` targets share it."""
     if "tensorrt_qdq" not in ctx.cache:
-        import onnx
-
-        from ..quantize import TENSORRT, quantize, select_kept_float, summarize
+        from ..quantize import TENSORRT, quantize, summarize
+        from ..sensitivity import default_kept_float
 
         table, reused = ctx.calibration()
         pre = ctx.pre_quant_model()
-        kept = select_kept_float(onnx.load(str(pre)), ctx.options.keep_float, ctx.options.quantize_all)
-        budget = None
-        if getattr(ctx.options, "max_miou_drop", None) is not None:  # trt-int8 inherits the islands chosen here
-            from ..sensitivity import budgeted_kept_float
-
-            kept, budget = budgeted_kept_float(ctx, "qdq", TENSORRT)
+        kept, budget = default_kept_float(ctx, "qdq", TENSORRT)  # trt-int8 inherits the islands chosen here
         ctx.progress("quantizing for TensorRT (symmetric int8, per-channel weights, NVIDIA's Q/DQ placement)")
         qmodel = quantize(pre, table, TENSORRT, kept, work_dir=ctx.work_dir)
         check_tensorrt_graph(qmodel)
