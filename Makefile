@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 # Extra pip arguments for that one install (e.g. --index-url of a CPU-only torch index) go in TORCH_PIP_ARGS.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
-# export = torch side (onnx, onnxsim, onnxruntime, safetensors, matplotlib), openvino = OpenVINO + NNCF, dev = tests.
+# export = torch side (onnx, onnxsim, onnxruntime, safetensors, matplotlib), openvino = OpenVINO + NNCF,
+# coreml = coremltools (+ scikit-learn for palettes; conversion runs on Linux, prediction needs macOS), dev = tests.
 # A device that only runs exported models needs none of these: see the README's "Install" (`pip install .[ort]`).
-EXTRAS ?= export,openvino,dev
+EXTRAS ?= export,openvino,coreml,dev
 STAMP := $(VENV)/.segedge-setup
 PYTEST_ARGS ?=
 # The demo calibrates INT8 on CamVid train and measures mIoU on CamVid val when that folder exists (its licence
