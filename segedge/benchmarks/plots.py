@@ -49,7 +49,10 @@ def _styles(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
-    """One point per model × target: inference latency p50 (bar to p90) against mIoU."""
+    """One point per model × target: inference latency p50 (bar to p90) against mIoU; library-default baselines
+    (`--baselines`) hollow, labelled as baselines."""
+    from .report import is_baseline, target_label
+
     colors, markers = _styles(results)
     fig = _figure(7.5, 5.0)
     ax = fig.add_subplot()
@@ -59,9 +62,12 @@ def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
             continue
         lat = r["latency"]["inference"]
         x, y = lat["p50_ms"], 100 * miou
+        hollow = {"markerfacecolor": "none", "markeredgewidth": 1.5} if is_baseline(r) else {}
         ax.errorbar([x], [y], xerr=[[0], [max(0.0, lat["p90_ms"] - x)]], fmt=markers[r["target"]],
-                    color=colors[r["model"]], markersize=8, capsize=3, label=f"{r['model']} / {r['target']}")
-        ax.annotate(f"{r['model']}/{r['target']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    color=colors[r["model"]], markersize=8, capsize=3, label=f"{r['model']} / {target_label(r)}",
+                    **hollow)
+        ax.annotate(f"{r['model']}/{target_label(r)}", (x, y), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
     lats = [r["latency"]["inference"]["p50_ms"] for r in results["rows"] if r["accuracy"]["miou"] is not None]
     if lats and min(lats) > 0 and max(lats) / min(lats) > 10:  # e.g. eager B0 vs INT8 TopFormer
         ax.set_xscale("log")
@@ -69,7 +75,8 @@ def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("inference latency, p50 (ms; bar to p90)")
     ax.set_ylabel("mIoU (%)")
     s = results["settings"]
-    ax.set_title(f"Latency vs mIoU — {s['dataset']}/{s['split']}, {s['eval_frames']} frames")
+    hollow_note = " (hollow: library-default baselines)" if any(is_baseline(r) for r in results["rows"]) else ""
+    ax.set_title(f"Latency vs mIoU — {s['dataset']}/{s['split']}, {s['eval_frames']} frames{hollow_note}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -103,8 +110,11 @@ def plot_latency_vs_size(results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_per_class_iou(results: dict[str, Any], path: Path) -> Path:
-    """Per-class IoU of every target beside the FP32 PyTorch reference, one panel per model."""
+    """Per-class IoU of every target beside the FP32 PyTorch reference, one panel per model (library-default
+    baselines hatched)."""
     from matplotlib import colormaps
+
+    from .report import is_baseline, target_label
 
     cmap = colormaps["tab10"]
     models = list(results["models"])
@@ -119,14 +129,15 @@ def plot_per_class_iou(results: dict[str, Any], path: Path) -> Path:
             ious = r["accuracy"]["per_class_iou"]
             ys = [100 * ious[n] if ious.get(n) is not None else 0.0 for n in names]
             xs = [i - 0.4 + width * (k + 0.5) for i in range(len(names))]
-            label = f"{r['target']} (mIoU {100 * r['accuracy']['miou']:.1f})" if r["accuracy"]["miou"] is not None \
-                else r["target"]
-            ax.bar(xs, ys, width, label=label, color=cmap(k % 10),
+            label = f"{target_label(r)} (mIoU {100 * r['accuracy']['miou']:.1f})" \
+                if r["accuracy"]["miou"] is not None else target_label(r)
+            ax.bar(xs, ys, width, label=label, color=cmap(k % 10), hatch="//" if is_baseline(r) else None,
                    edgecolor="black" if r["reference"] else None, linewidth=0.6)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("IoU (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{m}: per-class IoU by target (outlined: FP32 PyTorch reference)")
+        ax.set_title(f"{m}: per-class IoU by target (outlined: FP32 PyTorch reference"
+                     f"{'; hatched: library-default baselines' if any(is_baseline(r) for r in rows) else ''})")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncols=min(4, len(rows)))
     return _save(fig, path)

@@ -10,7 +10,8 @@ from typing import Any, Iterable
 from ..io import write_json_atomic, write_text_atomic
 
 CSV_COLUMNS = [
-    "model", "target", "reference", "precision", "input_h", "input_w", "backend", "params", "gmacs", "gflops",
+    "model", "target", "reference", "baseline", "baseline_library", "baseline_version", "precision", "input_h",
+    "input_w", "backend", "params", "gmacs", "gflops",
     "artifact_mb",
     "infer_mean_ms", "infer_p50_ms", "infer_p90_ms", "infer_p99_ms", "infer_std_ms", "infer_fps",
     "e2e_mean_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_std_ms", "e2e_fps",
@@ -40,13 +41,25 @@ def backend_label(b: dict[str, Any]) -> str:
     return name
 
 
+def is_baseline(r: dict[str, Any]) -> bool:
+    """Whether a results row is a library-default baseline (`--baselines`) rather than a segedge target."""
+    return r.get("baseline") is not None
+
+
+def target_label(r: dict[str, Any]) -> str:
+    """The row's target name, marked when it is a library-default baseline."""
+    return f"{r['target']} (baseline)" if is_baseline(r) else r["target"]
+
+
 def flat_row(r: dict[str, Any]) -> dict[str, Any]:
     """One results row as flat CSV columns."""
     mem = r.get("memory") or {}
+    base = r.get("baseline") or {}
     acc = r.get("accuracy") or {}
     pw = r.get("power") or {}
     out = {
-        "model": r["model"], "target": r["target"], "reference": r["reference"], "precision": r["precision"],
+        "model": r["model"], "target": r["target"], "reference": r["reference"], "baseline": is_baseline(r),
+        "baseline_library": base.get("library"), "baseline_version": base.get("version"), "precision": r["precision"],
         "input_h": r["input_size"][0], "input_w": r["input_size"][1], "backend": backend_label(r["backend"]),
         "params": r["params"], "gmacs": r["gmacs"], "gflops": r["gflops"], "artifact_mb": _mb(r["artifact_bytes"]),
         **_lat("infer", r["latency"]["inference"]), **_lat("e2e", r["latency"]["end_to_end"]),
@@ -110,7 +123,7 @@ def markdown(results: dict[str, Any]) -> str:
         acc, mem = r["accuracy"], r.get("memory") or {}
         lat_i, lat_e = r["latency"]["inference"], r["latency"]["end_to_end"]
         lines.append(
-            f"| {r['model']} | {r['target']} | {r['precision']} | {r['input_size'][0]}×{r['input_size'][1]} | "
+            f"| {r['model']} | {target_label(r)} | {r['precision']} | {r['input_size'][0]}×{r['input_size'][1]} | "
             f"{r['params'] / 1e6:.2f} M | {r['gmacs']:.2f} | {_f(_mb(r['artifact_bytes']), '.1f')} | "
             f"{lat_i['p50_ms']:.1f} | {lat_e['p50_ms']:.1f} | {_f(lat_e.get('fps'), '.1f')} | "
             f"{_f(_mb(mem.get('peak_rss_bytes')), '.0f')} | {_f(acc['miou'], '.2f', 100)} | "
@@ -138,6 +151,7 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [(_f(by[(m, t, s)]["latency"]["inference"]["p50_ms"], ".1f") if (m, t, s) in by else "–")
                      for s in sizes]
             lines.append(f"| {m} | {t} | " + " | ".join(cells) + " |")
+    lines += _baselines_md(results)
     s = results["settings"]
     lines += ["", f"Measured on {machine_line(results)}.", "",
               f"- Timing: {s['timing']}.",
@@ -153,6 +167,26 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baselines_md(results: dict[str, Any]) -> list[str]:
+    """The provenance of each baseline row (library, version, the exact calls) and the baselines skipped."""
+    info = results["settings"].get("baselines")
+    if not info:
+        return []
+    lines = ["", "Baselines (library defaults, timed and evaluated in the same rounds as the targets):", ""]
+    seen: set[str] = set()
+    for r in results["rows"]:
+        b = r.get("baseline")
+        if b is None or r["target"] in seen:
+            continue
+        seen.add(r["target"])
+        frames = f"; calibrated on {b['calibration_frames']}" if b.get("calibration_frames") else ""
+        lines.append(f"- {r['target']}: {b['library']} {b['version']}, `{b['call']}`, run by `{b['runtime']}` "
+                     f"({b['arguments']}{frames}).")
+    for name, why in (info.get("skipped") or {}).items():
+        lines.append(f"- {name}: skipped ({why}).")
+    return lines
+
+
 def rich_table(results: dict[str, Any]) -> Any:
     """The main table for the terminal."""
     from rich.table import Table
@@ -166,7 +200,7 @@ def rich_table(results: dict[str, Any]) -> Any:
     for r in results["rows"]:
         acc, mem = r["accuracy"], r.get("memory") or {}
         li, le = r["latency"]["inference"], r["latency"]["end_to_end"]
-        t.add_row(r["model"], r["target"], r["precision"], f"{r['input_size'][0]}x{r['input_size'][1]}",
+        t.add_row(r["model"], target_label(r), r["precision"], f"{r['input_size'][0]}x{r['input_size'][1]}",
                   f"{r['gmacs']:.2f}", _f(_mb(r["artifact_bytes"]), ".1f"), f"{li['p50_ms']:.1f}",
                   f"{li['p90_ms']:.1f}", f"{le['p50_ms']:.1f}", _f(le.get("fps"), ".1f"),
                   _f(_mb(mem.get("peak_rss_bytes")), ".0f"), _f(acc["miou"], ".2f", 100), _pp(acc["miou_drop"]),
@@ -192,4 +226,5 @@ def write_outputs(results: dict[str, Any], out: str | Path, plots: bool = True) 
     return files
 
 
-__all__ = ["CSV_COLUMNS", "SWEEP_COLUMNS", "flat_row", "markdown", "rich_table", "to_csv", "write_outputs"]
+__all__ = ["CSV_COLUMNS", "SWEEP_COLUMNS", "flat_row", "is_baseline", "markdown", "rich_table", "target_label",
+           "to_csv", "write_outputs"]

@@ -4,7 +4,9 @@ Order of work (each step finishes before the next starts, so nothing else runs w
 1. check the request (targets, dataset, sizes, --artifacts) and build the PyTorch reference of each model
    (`_check_request`, `_resolve_models`);
 2. export the targets each (model, size) lacks (`_plan_exports`, `_run_exports`: the export pipeline; INT8
-   calibrated on the train split or --calib), then open every model × target (`_open_entries`);
+   calibrated on the train split or --calib), then open every model × target (`_open_entries`); with --baselines,
+   build the library-default baselines from each export's FP32 ONNX (`_open_baselines`, baselines.py) and add them
+   as entries, so everything below measures them exactly as the targets (memory excepted: the probe opens targets);
 3. peak memory of each target in its own short-lived process (`_measure_memory`, memprobe.py);
 4. latency (`_time_main`, `time_entries`): rotating blocks (timing.py) of inference alone (backend.run on a prepared
    input) and end to end (cv2.imread → pre-process → inference → labels at frame size), the device synchronised
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,7 @@ class BenchConfig:
     power: str = "auto"  # auto | on | off
     settle_ms: float = 5.0
     block: int = 10  # consecutive timed calls per target before the next one runs (1: call-by-call round-robin)
+    baselines: bool = False  # also measure the library-default baselines (baselines.py) beside the targets
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -132,6 +136,7 @@ class Entry:
     precision: str
     infer_ns: list[int] = field(default_factory=list)
     e2e_ns: list[int] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None  # provenance of a library-default baseline (None: a segedge row)
 
     @property
     def key(self) -> tuple[str, str, tuple[int, int]]:
@@ -224,11 +229,17 @@ class _Request:
     ds: Any
     indices: list[int]
     given: dict[tuple[str, tuple[int, int]], Any]  # --artifacts folders by (model, size)
+    baselines: bool = False
 
     @property
     def export_targets(self) -> list[str]:
         """The targets that come from an export folder (all but the PyTorch reference)."""
         return [t for t in self.targets if t != REFERENCE]
+
+    @property
+    def export_needs(self) -> list[str]:
+        """What each export folder must hold: the export targets, plus the FP32 ONNX the baselines start from."""
+        return _unique([*self.export_targets, *(["onnx"] if self.baselines else [])])
 
 
 # One row of the export plan: (model, size, the folder serving it, the targets that folder lacks)
@@ -329,6 +340,9 @@ def _check_request(cfg: BenchConfig) -> _Request:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))  # exports and the reference then use the requested threads too
     targets = parse_targets(cfg.targets)
+    if cfg.baselines and targets == [REFERENCE]:
+        raise SegedgeError("--baselines compares library defaults with segedge's export targets, but --targets names "
+                           "none; add one or more (e.g. --targets onnx,ort-int8,openvino-int8)")
     if not cfg.models:
         raise SegedgeError("no model given: pass --model NAME[,NAME…]")
     models = _unique([get_spec(m).name for m in cfg.models])
@@ -342,7 +356,8 @@ def _check_request(cfg: BenchConfig) -> _Request:
     given = read_artifact_folders(list(cfg.artifacts), models)
     if power_mode == "on" and tegrastats_path() is None:
         raise SegedgeError("--power on needs tegrastats (NVIDIA Jetson); use --power auto or off here")
-    return _Request(models, weights, targets, device, postprocess, power_mode, data, ds, indices, given)
+    return _Request(models, weights, targets, device, postprocess, power_mode, data, ds, indices, given,
+                    bool(cfg.baselines))
 
 
 def _resolve_models(cfg: BenchConfig, req: _Request, notes: list[str]) -> list[_Model]:
@@ -390,7 +405,8 @@ def _plan_exports(cfg: BenchConfig, req: _Request, states: Sequence[_Model], not
                 folder, note = default_folder(st.cfg, s)
                 if note:
                     notes.append(note)
-            missing, plan_notes = plan_export(folder, af is not None, st.cfg, s, req.export_targets)
+            wanted = req.export_needs if s == st.size else req.export_targets  # baselines: own size only
+            missing, plan_notes = plan_export(folder, af is not None, st.cfg, s, wanted)
             check_calibration(missing, calib, st.name)
             notes.extend(plan_notes)
             st.folders[s] = folder
@@ -447,6 +463,86 @@ def _open_entries(states: Sequence[_Model], sizes: dict[str, tuple[int, int]], t
             for t in req.targets]
 
 
+def _open_baselines(states: Sequence[_Model], main: Sequence[Entry], cfg: BenchConfig, req: _Request, calib: Any,
+                    work: Path, ui: Reporter, notes: list[str]) -> tuple[list[Entry], dict[str, Any]]:
+    """Build and open every library-default baseline (baselines.py) of each model at its own size, from its export
+    folder's FP32 ONNX, in `work`; ([entries], the results' `baselines` settings). A baseline whose library is
+    missing, or whose library fails on this model, is skipped with the reason."""
+    from .baselines import BASELINES, skipped_baselines
+
+    skipped = skipped_baselines()
+    names = [n for n in BASELINES if n not in skipped]
+    entries: list[Entry] = []
+    frames: dict[str, str | None] = {}  # model → where its calibration frames came from
+    with ui.task(f"building the library-default baselines ({', '.join(names) or 'none available'})",
+                 len(states) * len(names)) as advance:
+        try:
+            for st in states:
+                opened, failed, frames[st.name] = _open_model_baselines(st, names, main, cfg, req, calib, work,
+                                                                        notes, advance)
+                entries.extend(opened)
+                skipped.update(failed)
+        except BaseException:
+            _close(entries)
+            raise
+    for name, why in skipped.items():
+        notes.append(f"baseline {name} skipped: {why}")
+    return entries, {"requested": list(BASELINES), "measured": _unique([e.target for e in entries]),
+                     "skipped": skipped, "calibration": frames,
+                     "method": "library defaults on each export folder's FP32 model.onnx, built before any clock "
+                               "runs and timed and evaluated with the targets in the same rounds"}
+
+
+def _open_model_baselines(st: _Model, names: Sequence[str], main: Sequence[Entry], cfg: BenchConfig, req: _Request,
+                          calib: Any, work: Path, notes: list[str], advance: Callable[..., None]) -> \
+        tuple[list[Entry], dict[str, str], str | None]:
+    """One model's baselines: (entries, {name: why it failed}, where its calibration frames came from)."""
+    from ..contract import read_manifest
+    from .baselines import BASELINES, BaselineContext, build_baseline, calibration_inputs
+
+    folder = st.folders[st.size]
+    man = read_manifest(folder)
+    # Pre-processing of the contract, taken from a target of the same export (all of them share it).
+    prep = next(e.seg for e in main if e.model == st.name and e.folder is not None)
+    frames, inputs = None, []
+    if any(BASELINES[n].calibrated for n in names):
+        calib_in = calibration_inputs(folder, man, calib, cfg.calib_count)
+        notes.extend(calib_in.notes)
+        frames, inputs = calib_in.description, [prep.prepare(f) for f in calib_in.frames]
+    ctx = BaselineContext(st.name, folder / man["targets"]["onnx"]["file"], work / st.name, inputs,
+                          str(man["input"].get("name") or "input"), frames or "", cfg.threads)
+    entries, failed = [], {}
+    for n in names:
+        try:
+            built = build_baseline(n, ctx)
+            entries.append(_baseline_entry(st, n, built, folder, prep, req.postprocess))
+        except SegedgeError as e:  # the library's defaults fail on this model: a finding, not a reason to stop
+            failed[f"{n} ({st.name})"] = str(e)
+        advance()
+    return entries, failed, frames
+
+
+def _baseline_entry(st: _Model, name: str, built: Any, folder: Path, prep: Any, postprocess: str) -> Entry:
+    """An Entry over a built baseline, with the export's contract (pre-/post-processing) checked against it."""
+    from ..runtime import ModelInfo, Segmenter
+    from ..runtime.checks import check_io
+
+    info = ModelInfo(prep.info.contract, target=name, precision=built.precision, source="manifest")
+    try:
+        check_io(built.backend, info.contract, name)
+    except SegedgeError:
+        built.backend.close()
+        raise
+    return Entry(st.name, name, st.size, Segmenter(built.backend, info, postprocess), built.artifact, folder,
+                 built.precision, baseline=built.provenance)
+
+
+def _by_model(entries: Sequence[Entry], states: Sequence[_Model]) -> list[Entry]:
+    """Entries grouped by model in --model order (a model's baselines right after its targets)."""
+    order = {st.name: i for i, st in enumerate(states)}
+    return sorted(entries, key=lambda e: order[e.model])
+
+
 def _close(entries: Sequence[Entry]) -> None:
     """Release every entry's runtime session (its Segmenter refuses to run afterwards)."""
     for e in entries:
@@ -458,6 +554,7 @@ def _measure_memory(main: Sequence[Entry], states: Sequence[_Model], frames: Seq
     """Peak RSS of each entry in a fresh process (probes may overlap each other; they never overlap timing)."""
     weights = {st.name: st.weights_path for st in states}
     specs = []
+    main = [e for e in main if e.baseline is None]  # the probe opens the reference and manifest targets only
     for e in main:
         backend_mod = BACKEND_MODULES.get(getattr(e.seg.backend, "name", ""), "")
         specs.append({"target": e.target, "model": e.model, "weights": weights[e.model],
@@ -595,9 +692,10 @@ def _rows(main: Sequence[Entry], states: Sequence[_Model], acc: "Evaluation", me
             "model": e.model, "target": e.target, "reference": e.target == REFERENCE,
             "input_size": list(e.size), "precision": e.precision,
             "backend": e.seg.backend.describe(),
-            "artifact": portable_path(e.artifact),
+            "artifact": _artifact_label(e),
             "artifact_bytes": artifact_bytes(e.artifact) if e.folder else st.weights_bytes,
             "exported_now": bool(e.folder) and e.target in st.exported.get(e.size, []),
+            "baseline": e.baseline,
             "params": comp["params"], "gmacs": comp["gmacs"], "gflops": comp["gflops"],
             "latency": _latency(e),
             "memory": mem.get(e.key),
@@ -608,6 +706,13 @@ def _rows(main: Sequence[Entry], states: Sequence[_Model], acc: "Evaluation", me
             "power": power.get(e.key),
         })
     return rows
+
+
+def _artifact_label(e: Entry) -> str:
+    """The row's artifact path; a baseline built in the run's scratch folder (deleted afterwards) says so."""
+    if e.baseline is not None and e.folder is not None and e.folder not in e.artifact.parents:
+        return f"(temporary, rebuilt each run) {e.target}/{e.artifact.name}"
+    return portable_path(e.artifact)
 
 
 def _models_out(states: Sequence[_Model], ds: Any) -> dict[str, dict[str, Any]]:
@@ -628,7 +733,8 @@ def _models_out(states: Sequence[_Model], ds: Any) -> dict[str, dict[str, Any]]:
 
 
 def _settings(cfg: BenchConfig, req: _Request, timing_frames: int, eval_frames: int,
-              sweep_sizes: Sequence[tuple[int, int]], power_status: str, calib: Any) -> dict[str, Any]:
+              sweep_sizes: Sequence[tuple[int, int]], power_status: str, calib: Any,
+              baselines: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `settings` section: how everything was measured."""
     import torch
 
@@ -658,6 +764,7 @@ def _settings(cfg: BenchConfig, req: _Request, timing_frames: int, eval_frames: 
         "calibration": calib.description if calib else None,
         "calib_count": cfg.calib_count,
         "flops_convention": CONVENTION,
+        "baselines": baselines,
     }
 
 
@@ -676,24 +783,32 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
     with ui.task("loading every model × target", len(states) * len(req.targets)) as advance:
         main = _open_entries(states, {st.name: st.size for st in states}, cfg.threads, req)
         advance(len(main))
-    try:
-        frames = _timing_frames(req.ds, req.indices, min(len(req.indices), cfg.iters))
-        mem = _measure_memory(main, states, frames, cfg, req, ui, notes) if cfg.memory else {}
-        _time_main(main, frames, cfg, ui)
-        acc = _measure_accuracy(main, req, ui, notes)
-        power, power_status = _measure_power(main, frames, cfg, req.power_mode, ui, notes)
-        sweep_sizes = _unique(list(cfg.sizes))
-        sweep = _time_sweep(states, main, sweep_sizes, frames, cfg, req, ui)
-        rows = _rows(main, states, acc, mem, power)
-    finally:
-        _close(main)
+    baselines = None
+    with tempfile.TemporaryDirectory(prefix="segedge-baselines-") as scratch:
+        try:
+            if req.baselines:
+                extra, baselines = _open_baselines(states, main, cfg, req, calib, Path(scratch), ui, notes)
+                main = _by_model([*main, *extra], states)
+            frames = _timing_frames(req.ds, req.indices, min(len(req.indices), cfg.iters))
+            mem = _measure_memory(main, states, frames, cfg, req, ui, notes) if cfg.memory else {}
+            if cfg.memory and baselines and baselines["measured"]:
+                notes.append("peak memory of the baselines is not measured (the isolated probe opens the reference "
+                             "and export targets only)")
+            _time_main(main, frames, cfg, ui)
+            acc = _measure_accuracy(main, req, ui, notes)
+            power, power_status = _measure_power(main, frames, cfg, req.power_mode, ui, notes)
+            sweep_sizes = _unique(list(cfg.sizes))
+            sweep = _time_sweep(states, main, sweep_sizes, frames, cfg, req, ui)
+            rows = _rows(main, states, acc, mem, power)
+        finally:
+            _close(main)
     return _clean({
         "format": RESULTS_FORMAT,
         "created": _utc_now(),
         "command": [portable_spec(str(a)) for a in cfg.command],
         "duration_s": time.perf_counter() - t_start,
         "machine": machine_info(cfg.threads),
-        "settings": _settings(cfg, req, len(frames), acc.frames, sweep_sizes, power_status, calib),
+        "settings": _settings(cfg, req, len(frames), acc.frames, sweep_sizes, power_status, calib, baselines),
         "models": _models_out(states, req.ds),
         "rows": rows,
         "sweep": sweep,

@@ -27,6 +27,9 @@ ROW_KEYS = {"model": str, "target": str, "reference": bool, "input_size": list, 
 ACCURACY_KEYS = {"miou": OPT_NUM, "pixel_acc": OPT_NUM, "mean_acc": OPT_NUM, "per_class_iou": dict, "frames": int,
                  "miou_drop": OPT_NUM, "argmax_agreement": OPT_NUM}
 MEMORY_KEYS = {"peak_rss_bytes": int, "baseline_rss_bytes": int, "model_rss_bytes": int, "load_s": NUM}
+# A baseline row (`segedge bench --baselines`) carries its provenance under "baseline" (null on segedge's rows).
+BASELINE_KEYS = {"name": str, "library": str, "version": str, "call": str, "runtime": str, "arguments": str,
+                 "defaults": dict}
 SWEEP_KEYS = {"model": str, "target": str, "input_size": list, "gmacs": NUM, "latency": dict}
 
 
@@ -90,6 +93,10 @@ def check_results(d: Any) -> list[str]:
         _check(r.get("accuracy"), ACCURACY_KEYS, f"{where}.accuracy", problems)
         if isinstance(r.get("memory"), dict) and "error" not in r["memory"]:
             _check(r["memory"], MEMORY_KEYS, f"{where}.memory", problems)
+        if r.get("baseline") is not None:
+            _check(r["baseline"], BASELINE_KEYS, f"{where}.baseline", problems)
+            if r.get("reference"):
+                problems.append(f"{where}: a baseline row cannot be the reference")
         if r.get("reference"):
             refs.add(r.get("model"))
             acc = r.get("accuracy") or {}

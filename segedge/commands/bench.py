@@ -78,6 +78,11 @@ def bench_cmd(
     block: int = typer.Option(10, "--block", min=1,
                               help="Timed calls per target in a row before the next target runs (1: interleave "
                                    "call by call; then every call starts with another model's data in the caches)."),
+    baselines: bool = typer.Option(False, "--baselines",
+                                   help="Also measure the library defaults beside the targets, in the same run: "
+                                        "ONNX Runtime quantize_static (ort-defaults), OpenVINO on the ONNX "
+                                        "(ov-defaults), NNCF quantize (nncf-defaults); each is skipped with the reason "
+                                        "when its library is missing."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Output folder."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
@@ -100,7 +105,7 @@ def bench_cmd(
         split=split, num_classes=num_classes, input_size=size, sizes=sweep, iters=iters, warmup=warmup,
         threads=threads, limit=limit, artifacts=[Path(a) for a in _split(artifacts)], calib=calib,
         calib_count=calib_count, device=device, postprocess=postprocess, memory=memory, power=power,
-        settle_ms=settle_ms, block=block, command=_command_line(ctx.params))
+        settle_ms=settle_ms, block=block, baselines=baselines, command=_command_line(ctx.params))
     results = run_bench(cfg, RichReporter(err) if not as_json else None)
     problems = check_results(results)
     if problems:  # a bug, not a user error: keep the traceback
