@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -147,34 +146,11 @@ def build_ort_defaults(ctx: BaselineContext) -> BuiltBaseline:
 
 
 # ------------------------------------------------------------------------------------------------ OpenVINO
-def _openvino_backend_class() -> type:
-    """OpenVINOBackend compiled with no config but --threads (segedge's backend always sets a precision hint)."""
+def _openvino_defaults_backend(model: Any, threads: int | None) -> Any:
+    """segedge's OpenVINO backend compiled with OpenVINO's defaults (only --threads set)."""
     from ..runtime.backends.openvino import OpenVINOBackend
-    from ..toolkits.openvino import core
 
-    class OpenVINODefaultsBackend(OpenVINOBackend):
-        """An OpenVINO compiled model with the library's default configuration (only the thread count set)."""
-
-        def __init__(self, model: Any, threads: int | None = None) -> None:  # noqa: D107 - no super(): see above
-            self.core = core()
-            self.model, self.device, self.threads = model, "CPU", threads
-            self.config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-            try:
-                self.compiled = self.core.compile_model(model, self.device, self.config)
-            except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with long messages
-                raise SegedgeError(f"OpenVINO cannot compile {model} with its defaults ({first_line(e)})") from e
-            self._local = threading.local()
-            self._spec = self._port_spec(self.compiled.input(0))
-            self._out = self._port_spec(self.compiled.output(0))
-            self.precision, self.precision_source = "default", "openvino default (no hint set)"
-            self.description = None
-
-        def describe(self) -> dict[str, Any]:
-            out = super().describe()
-            out.update(config=dict(self.config), inference_precision_hint=None)
-            return out
-
-    return OpenVINODefaultsBackend
+    return OpenVINOBackend(model, threads=threads, library_defaults=True)
 
 
 def _actual_precision(backend: Any) -> str:
@@ -192,7 +168,7 @@ def _ov_runtime(ctx: BaselineContext, what: str) -> str:
 
 def build_ov_defaults(ctx: BaselineContext) -> BuiltBaseline:
     """OpenVINO compiles model.onnx itself, with no config: its default precision on this CPU."""
-    backend = _openvino_backend_class()(str(ctx.fp32_path), threads=ctx.threads)
+    backend = _openvino_defaults_backend(str(ctx.fp32_path), ctx.threads)
     precision = _actual_precision(backend)
     prov = _provenance("openvino", "openvino", f"openvino.Core().compile_model('{ctx.fp32_path.name}', 'CPU')",
                        _ov_runtime(ctx, ctx.fp32_path.name), {"config": "{}", "inference_precision": precision},
@@ -215,7 +191,7 @@ def build_nncf_defaults(ctx: BaselineContext) -> BuiltBaseline:
         ov.save_model(qmodel, str(out))
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
         raise SegedgeError(f"nncf-defaults: nncf.quantize failed on {ctx.fp32_path.name} ({first_line(e)})") from e
-    backend = _openvino_backend_class()(str(out), threads=ctx.threads)
+    backend = _openvino_defaults_backend(str(out), ctx.threads)
     defaults = _defaults_of(nncf.quantize, ("mode", "preset", "target_device", "subset_size",
                                             "fast_bias_correction", "model_type", "ignored_scope"))
     defaults.update({f"save_model.{k}": v for k, v in _defaults_of(ov.save_model, ("compress_to_fp16",)).items()})

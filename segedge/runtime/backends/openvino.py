@@ -37,18 +37,25 @@ class OpenVINOBackend(Backend):
 
     def __init__(self, model: Any, threads: int | None = None, precision: str | None = None,
                  device: str = "CPU", description: dict[str, Any] | None = None,
-                 precision_source: str | None = None) -> None:
+                 precision_source: str | None = None, library_defaults: bool = False) -> None:
+        """`library_defaults=True` compiles with OpenVINO's own defaults (only the thread count set) and reads any
+        model file OpenVINO reads (e.g. an .onnx): what a user calling `compile_model` bare gets (bench baselines)."""
         self.core = core()
         if isinstance(model, (str, Path)):
-            model = self.read(self.core, model)
+            model = self.core.read_model(str(model)) if library_defaults else self.read(self.core, model)
         self.model = model
         self.device = device
         self.threads = threads
-        self.precision = check_precision(precision or DEFAULT_PRECISION)
-        self.precision_source = precision_source or ("option" if precision else "default")
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if library_defaults:
+            self.precision, self.precision_source = None, "openvino default (no hint set)"
+            config: dict[str, Any] = {}
+        else:
+            self.precision = check_precision(precision or DEFAULT_PRECISION)
+            self.precision_source = precision_source or ("option" if precision else "default")
+            config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.config = config
         try:
             self.compiled = self.core.compile_model(model, device, config)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with long multi-line messages
@@ -132,4 +139,5 @@ class OpenVINOBackend(Backend):
         return {"backend": self.name, "device": self.device, "inference_precision_hint": self.precision,
                 "inference_precision": prop("INFERENCE_PRECISION_HINT"), "precision_source": self.precision_source,
                 "threads": self.threads, "num_threads": prop("INFERENCE_NUM_THREADS"),
-                "performance_hint": prop("PERFORMANCE_HINT"), "openvino": str(ov.__version__)}
+                "performance_hint": prop("PERFORMANCE_HINT"), "openvino": str(ov.__version__),
+                "config": dict(self.config)}
