@@ -1,15 +1,24 @@
 """CoreML targets' figures: package sizes, proxy mIoU drop vs PyTorch FP32, conversion time, op histogram.
 
-For each model it runs `segedge export --target coreml-fp16,coreml-int8` (and `coreml-int8 --palettize N` for each
---palettize value) with --val, and writes one JSON per model to --out. The accuracy figures are PyTorch proxies of
-what was converted (see segedge.export.coreml_convert), not CoreML predictions: nothing here runs a package.
+For each model it runs `segedge export --target coreml-fp16,coreml-int8,coreml-w8a8` (and `coreml-int8
+--palettize N` for each --palettize value) with --val, and writes one JSON per model to --out. coreml-w8a8
+calibrates on 32 CamVid train frames (`--calib DATA/train`, the frames every other INT8 benchmark uses); the
+others need none. `--targets` runs a subset and keeps the other targets' figures already in the JSON (each target
+records when it was measured). The accuracy figures are PyTorch proxies of what was converted (see
+segedge.export.coreml_convert / coreml_w8a8), not CoreML predictions: nothing here runs a package.
 
     python benchmarks/coreml_targets.py --data ../shared/datasets/camvid --out benchmarks/results/coreml
+    python benchmarks/coreml_targets.py --data ../shared/datasets/camvid --targets coreml-w8a8 --palettize '' --dusk
+
+`--dusk` adds coreml-w8a8's proxy drop on CamVid's dusk drive 0001TP (its train frames minus the calibration
+frames), the split held out by sequence that the INT8 budget benchmark also reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,23 +47,70 @@ def _figures(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_model(model: str, size: str, data: str, palettize: list[int], work: Path) -> dict[str, Any]:
-    """Every CoreML target of one model: fp16 + int8 in one export, each palettisation in its own."""
-    runs = [("coreml-fp16,coreml-int8", {})] + [("coreml-int8", {"palettize": bits}) for bits in palettize]
-    targets: dict[str, Any] = {}
+def _options(names: str, data: str) -> dict[str, Any]:
+    """Extra export options of a run: the W8A8 target calibrates on CamVid train frames."""
+    return {"calib": str(Path(data) / "train")} if "coreml-w8a8" in names else {}
+
+
+def run_model(model: str, size: str, data: str, targets: list[str], palettize: list[int], work: Path
+              ) -> dict[str, Any]:
+    """The CoreML targets of one model: `targets` in one export, each palettisation in its own."""
+    runs = ([(",".join(targets), {})] if targets else []) + [("coreml-int8", {"palettize": bits}) for bits in palettize]
+    figures: dict[str, Any] = {}
     onnx_bytes = None
     for i, (names, options) in enumerate(runs):
         start = time.perf_counter()
         res = export_model(ExportOptions(model, targets=names, input_size=size, val=data, val_count=None,
-                                         out=work / f"{model}-{i}", target_options=options), progress=print)
+                                         out=work / f"{model}-{i}", target_options=options,
+                                         **_options(names, data)), progress=print)
         seconds = time.perf_counter() - start
         for name, entry in res.manifest["targets"].items():
             if name == "onnx":
                 onnx_bytes = entry["size_bytes"]
                 continue
             key = name if not options else f"{name}-pal{options['palettize']}"
-            targets[key] = {**_figures(name, entry), "export_seconds_total": round(seconds, 1)}
-    return {"model": model, "input_size": size, "fp32_onnx_bytes": onnx_bytes, "targets": targets}
+            figures[key] = {**_figures(name, entry), "export_seconds_total": round(seconds, 1),
+                            "measured": dt.date.today().isoformat()}
+            if entry.get("calibration"):
+                figures[key]["calibration"] = entry["calibration"]
+    return {"model": model, "input_size": size, "fp32_onnx_bytes": onnx_bytes, "targets": figures}
+
+
+def dusk_pairs(data: str) -> tuple[list[Any], list[str]]:
+    """(frame, label) pairs of the dusk drive 0001TP in CamVid train, minus the 32 calibration frames; their names."""
+    from segedge.data.datasets import open_dataset
+    from segedge.export.calibration import load_calibration_frames
+
+    calib = {Path(n).name for n in load_calibration_frames(str(Path(data) / "train")).names}
+    ds = open_dataset("camvid", Path(data), "train")
+    idx = [i for i, s in enumerate(ds.samples) if s.image_path.name.startswith("0001TP") and
+           s.image_path.name not in calib]
+    return [ds[i] for i in idx], [ds.samples[i].image_path.name for i in idx]
+
+
+def run_dusk(model: str, size: str, data: str, work: Path) -> dict[str, Any]:
+    """coreml-w8a8's proxy drop on the dusk drive (frames held out from calibration), as the other INT8 benchmarks."""
+    pairs, names = dusk_pairs(data)
+    start = time.perf_counter()
+    res = export_model(ExportOptions(model, targets="coreml-w8a8", input_size=size, val=pairs, val_count=None,
+                                     out=work / f"{model}-dusk", **_options("coreml-w8a8", data)), progress=print)
+    val = res.manifest["targets"]["coreml-w8a8"]["verification"]["val"]
+    drop = round(100 * (val["pytorch_miou"] - val["miou"]), 3)
+    return {"frames": len(names), "first_frame": names[0], "last_frame": names[-1], "proxy_miou": val["miou"],
+            "pytorch_miou": val["pytorch_miou"], "proxy_miou_drop_pt": drop,
+            "export_seconds_total": round(time.perf_counter() - start, 1), "measured": dt.date.today().isoformat()}
+
+
+def _merge(path: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """`res` with the targets of an earlier JSON at `path` that this run did not measure (same model and size)."""
+    if not path.is_file():
+        return res
+    old = json.loads(path.read_text())
+    if (old.get("model"), old.get("input_size")) != (res["model"], res["input_size"]):
+        return res
+    res["targets"] = {**old.get("targets", {}), **res["targets"]}
+    res["fp32_onnx_bytes"] = res["fp32_onnx_bytes"] or old.get("fp32_onnx_bytes")
+    return res
 
 
 def main() -> None:
@@ -62,14 +118,23 @@ def main() -> None:
     ap.add_argument("--models", default="b0,topformer-t")
     ap.add_argument("--input-size", default="384x512")
     ap.add_argument("--data", required=True, help="labelled CamVid folder (val split)")
+    ap.add_argument("--targets", default="coreml-fp16,coreml-int8,coreml-w8a8",
+                    help="targets of the main export ('' none: palettisation runs only)")
     ap.add_argument("--palettize", default="6", help="comma-separated bit widths for extra coreml-int8 runs ('' none)")
     ap.add_argument("--out", default="benchmarks/results/coreml")
+    ap.add_argument("--dusk", action="store_true", help="also coreml-w8a8's proxy drop on CamVid drive 0001TP (train "
+                    "frames that were not calibration frames)")
     args = ap.parse_args()
     bits = [int(b) for b in args.palettize.split(",") if b.strip()]
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="segedge-coreml-") as tmp:
         for model in args.models.split(","):
-            res = run_model(model.strip(), args.input_size, args.data, bits, Path(tmp))
+            targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+            res = _merge(out / f"{model.strip()}.json",
+                         run_model(model.strip(), args.input_size, args.data, targets, bits, Path(tmp)))
+            if args.dusk and "coreml-w8a8" in res["targets"]:
+                res["targets"]["coreml-w8a8"]["dusk_0001TP"] = run_dusk(model.strip(), args.input_size, args.data,
+                                                                       Path(tmp))
             res.update({"machine": machine_info(),
                         "not_run": "CoreML prediction (needs macOS): every accuracy figure is a PyTorch proxy"})
             write_json_atomic(out / f"{model.strip()}.json", res)

@@ -1,5 +1,6 @@
-"""CoreML targets: conversion of both demo models, MIL inspection of the saved packages, metadata round trip, the
-std-folding equivalence, the compressed weights read back, bad input as one line, and macOS prediction (`mac`).
+"""CoreML targets (fp16, int8, w8a8): conversion of both demo models, MIL inspection of the saved packages, metadata
+round trip, the std-folding equivalence, W8A8 calibration and its float islands, the compressed weights read back,
+bad input as one line, and macOS prediction (`mac`).
 An .mlpackage is a folder: the export pipeline and the runtime's file checks hash and size it as one artifact
 (`segedge.io.sha256_path`), so a package survives re-exports and loads with verify on.
 """
@@ -124,6 +125,118 @@ def test_inspection_refuses_a_target_too_old(tt: tuple[Path, Manifest]) -> None:
         check_package(report, "constexpr_affine_dequantize", {})
 
 
+# -- coreml-w8a8 -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tt_w8a8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    """TopFormer-T, float io: coreml-fp16 + coreml-w8a8 (calibrated on the packaged frames)."""
+    out = tmp_path_factory.mktemp("coreml") / "tt-w8a8"
+    return out, _export(out, "topformer-t", "coreml-fp16,coreml-w8a8")
+
+
+@pytest.fixture(scope="module")
+def b0_w8a8_raw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    """B0, raw io (BGR frames in, labels out): coreml-w8a8 alone."""
+    out = tmp_path_factory.mktemp("coreml") / "b0-w8a8"
+    return out, _export(out, "b0", "coreml-w8a8", io="raw")
+
+
+def _check_w8a8(out: Path, man: Manifest) -> dict[str, Any]:
+    """The saved W8A8 package holds quantize/dequantize ops and int8 weights; the entry says how it was made."""
+    from segedge.export.coreml_inspect import check_package, inspect_package
+
+    entry = man.targets["coreml-w8a8"]
+    report = inspect_package(out / entry.file, "iOS17")
+    q = report["activation_quant_ops"]
+    assert q["quantize"] > 20 and q["dequantize"] >= q["quantize"]
+    assert report["constexpr_ops"].get("constexpr_affine_dequantize", 0) > 20  # int8 weights
+    assert report["ops_newer_than_target"] == [] and report["contract_in_metadata"]
+    assert entry.precision == "w8a8" and entry.get("inspection")["activation_quant_ops"] == q
+    quant, calib = entry.quantization, entry.calibration
+    assert quant["observer"] == "min_max" and quant["quantized_layers"] > 20
+    assert {"module": "model.decode_head." + ("conv_seg" if man.contract.family == "topformer" else "linear_pred"),
+            "reason": "final classifier conv"} in quant["kept_float"]
+    assert calib["frames"] >= 2 and len(calib["sha256"]) == 64
+    assert entry.verification["proxy"].startswith("PyTorch proxy") and entry.verification["argmax_agreement"] > 0.85
+    # quantize ops arrived with iOS 17: inspection for iOS 16 names them, and the check refuses the package
+    old = inspect_package(out / entry.file, "iOS16")
+    assert {"quantize", "dequantize"} <= set(old["ops_newer_than_target"])
+    with pytest.raises(ExportError, match="iOS16 cannot run"):
+        check_package(old, "constexpr_affine_dequantize", {}, activations=True)
+    with pytest.raises(ExportError, match="should compute on float activations"):
+        check_package(report, "constexpr_affine_dequantize", {})
+    return report
+
+
+@pytest.mark.slow
+def test_topformer_w8a8(tt_w8a8: tuple[Path, Manifest]) -> None:
+    from segedge.export.coreml_inspect import check_package, inspect_package
+    from segedge.runtime.backends.coreml import read_package_metadata
+
+    out, man = tt_w8a8
+    report = _check_w8a8(out, man)
+    fp16, w8a8 = man.targets["coreml-fp16"], man.targets["coreml-w8a8"]
+    assert report["outputs"] == [{"name": "logits", "kind": "tensor", "type": "float32",
+                                  "shape": [1, man.contract.num_classes, 16, 16]}]
+    kept = {k["module"] for k in w8a8.quantization["kept_float"]}
+    assert "model.backbone.tpm.stem.0.c" in kept and "model.backbone.tpm.layer3.conv.4.c" in kept  # tpm.s1
+    assert not any(k.startswith("model.backbone.tpm.layer4.") for k in kept)
+    assert w8a8.get("package")["size_bytes"] < 0.7 * fp16.get("package")["size_bytes"]
+    assert 0 < fp16.verification["max_abs_diff"] < w8a8.verification["max_abs_diff"]
+    with pytest.raises(ExportError, match="should quantize its activations"):
+        check_package(inspect_package(out / fp16.file, "iOS17"), None, {}, activations=True)
+    meta = read_package_metadata(out / w8a8.file)
+    assert meta["target"] == "coreml-w8a8" and meta["calibration"] == w8a8.calibration
+
+
+@pytest.mark.slow
+def test_b0_w8a8_raw_io(b0_w8a8_raw: tuple[Path, Manifest]) -> None:
+    out, man = b0_w8a8_raw
+    report = _check_w8a8(out, man)
+    assert report["outputs"] == [{"name": "labels", "kind": "tensor", "type": "int32", "shape": [1, 32, 32]}]
+    assert report["inputs"][0]["type"] == "BGR"
+    entry = man.targets["coreml-w8a8"]
+    assert sum(k["reason"] == "LayerNorm" for k in entry.quantization["kept_float"]) == 30  # B0: 8 blocks × 2 + 14
+    assert entry.verification["label_output_agreement"] > 0.85
+
+
+def test_w8a8_calibration_keeps_the_islands_float() -> None:
+    """Calibration alone (no conversion): ranges come from the frames, kept modules stay float convs."""
+    from torch.ao.nn.quantized.reference import Conv2d as QConv2d
+
+    from segedge.export.coreml_convert import prepare_module, to_image_space
+    from segedge.export.coreml_w8a8 import calibrate, float_modules, image_batches
+
+    model = _tt_model()
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 64, 64)
+    pm, image, _ = prepare_module(model, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "RGB", labels=False,
+                                  upsample=False, example=x[:1])
+    keep = float_modules(pm, "topformer", "topformer-t")
+    assert keep["model.decode_head.conv_seg"] == "final classifier conv"
+    assert keep["model.backbone.tpm.stem.0.c"] == "family default float group tpm.s1"
+    images = [to_image_space(x[i:i + 1], image) for i in range(3)]
+    qmodel, summary = calibrate(pm, image_batches(images, 2), keep)
+    mods = dict(qmodel.named_modules())
+    assert all(type(mods[n]) is torch.nn.Conv2d for n in keep)
+    assert sum(isinstance(m, QConv2d) for m in mods.values()) == summary["quantized_layers"] > 20
+    with torch.no_grad():
+        ref, got = pm.logits(images[0]), qmodel(images[0])
+        loud = qmodel(images[0] * 8)  # far outside the calibrated ranges: clipped, so far from the float model
+    assert 0 < float((got - ref).abs().max()) < 0.5 * float(ref.abs().max())
+    assert float((got.argmax(1) == ref.argmax(1)).float().mean()) > 0.8
+    with torch.no_grad():
+        assert float((loud - pm.logits(images[0] * 8)).abs().max()) > float((got - ref).abs().max())
+    assert not any(getattr(m, "export_mode", False) for m in pm.modules())  # the caller's module is untouched
+
+
+@pytest.mark.slow
+def test_w8a8_target_too_old_is_one_line(tmp_path: Path) -> None:
+    proc = _cli(["export", "--model", "topformer-t", "--input-size", "128x128", "--target", "coreml-w8a8",
+                 "--coreml-target", "iOS16", "--out", str(tmp_path / "x")])
+    _one_line_failure(proc, "coreml-w8a8", "iOS17", "--coreml-target")
+    assert not (tmp_path / "x").exists()
+
+
 # -- the module that is converted -------------------------------------------------------------------------------
 def _tt_model() -> torch.nn.Module:
     from segedge.models import create_model, default_weights
@@ -216,10 +329,11 @@ BLOCK_COREMLTOOLS = textwrap.dedent("""
 """)
 
 
-def test_coremltools_missing_is_one_line(tmp_path: Path) -> None:
-    proc = _cli(["export", "--model", "topformer-t", "--target", "coreml-fp16", "--input-size", "128x128",
+@pytest.mark.parametrize("target", ["coreml-fp16", "coreml-w8a8"])
+def test_coremltools_missing_is_one_line(tmp_path: Path, target: str) -> None:
+    proc = _cli(["export", "--model", "topformer-t", "--target", target, "--input-size", "128x128",
                  "--out", str(tmp_path / "x")], BLOCK_COREMLTOOLS)
-    _one_line_failure(proc, "coreml-fp16", "pip install 'segedge[coreml]'")
+    _one_line_failure(proc, target, "pip install 'segedge[coreml]'")
     assert not (tmp_path / "x").exists()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import os
 import time
@@ -176,10 +175,14 @@ def quiet_tools() -> Any:
         yield
 
 
-def convert(module: PackageModule, size: tuple[int, int], image: ImageInput, target: str,
-            output_name: str) -> tuple[Any, float]:
-    """(FP16 ML program with an image input and an FP32 logits / int32 labels output, seconds) — fixed shapes."""
+def convert(module: nn.Module, size: tuple[int, int], image: ImageInput, target: str,
+            output_name: str, labels: bool | None = None) -> tuple[Any, float]:
+    """(FP16 ML program with an image input and an FP32 logits / int32 labels output, seconds) — fixed shapes.
+
+    `module` is a PackageModule, or any module of the same input / output (the W8A8 one); labels: whether it
+    returns int32 labels (default: the PackageModule's own flag)."""
     ct = coremltools()
+    labels = bool(getattr(module, "labels", False)) if labels is None else labels
     h, w = size
     example = torch.zeros(1, 3, h, w)
     start = time.perf_counter()
@@ -191,7 +194,7 @@ def convert(module: PackageModule, size: tuple[int, int], image: ImageInput, tar
                 compute_precision=ct.precision.FLOAT16,
                 inputs=[ct.ImageType(name="image", shape=(1, 3, h, w), scale=image.scale, bias=list(image.bias),
                                      color_layout=getattr(ct.colorlayout, image.color_layout))],
-                outputs=[ct.TensorType(name=output_name, dtype=np.int32 if module.labels else np.float32)])
+                outputs=[ct.TensorType(name=output_name, dtype=np.int32 if labels else np.float32)])
     except Exception as e:  # noqa: BLE001 - coremltools raises ValueError/NotImplementedError/RuntimeError alike
         raise ExportError(f"coremltools could not convert the model for {target} ({first_line(e, 160)}); try a "
                           "newer --coreml-target or --target onnx") from e
@@ -301,9 +304,11 @@ def proxy_module(module: PackageModule, weights: dict[str, np.ndarray] | None = 
     return proxy
 
 
-def proxy_runner(proxy: PackageModule, image: ImageInput, raw: bool, mean: Sequence[float], std: Sequence[float]
-                 ) -> Callable[[np.ndarray], Any]:
-    """`run(batch)` for ctx.verify_with: the export's model input → the proxy's logits (raw io: (labels, logits))."""
+def proxy_runner(logits_fn: Callable[[torch.Tensor], torch.Tensor], image: ImageInput, raw: bool,
+                 mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], Any]:
+    """`run(batch)` for ctx.verify_with: the export's model input → the proxy's logits (raw io: (labels, logits)).
+
+    logits_fn: image-space input → float logits (a proxy PackageModule's `logits`, the W8A8 module itself)."""
     from ..runtime.backends.coreml import input_pixels
 
     @torch.no_grad()
@@ -311,7 +316,7 @@ def proxy_runner(proxy: PackageModule, image: ImageInput, raw: bool, mean: Seque
         pixels = input_pixels(batch, raw, mean, std, image.color_layout)
         x = _round16(pixels_to_image_space(pixels, image))
         with fp16_rounding():
-            logits = proxy.logits(x)
+            logits = logits_fn(x)
         logits = logits.numpy()
         return (logits.argmax(1).astype(np.uint8), logits) if raw else logits
 

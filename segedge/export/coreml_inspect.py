@@ -1,10 +1,11 @@
 """What a saved .mlpackage holds, read back from its spec (the ML program's ops), and the checks an export demands.
 
 `inspect_package` reads the package as a device would receive it (no in-memory program): op histogram, constexpr
-(compressed-weight) ops, the spec version and the ops newer than the deployment target, inputs / outputs with
-their types, and the user metadata keys. `check_package` turns what must hold into one-line errors: compressed
-weights present exactly when asked for, no op the deployment target cannot run, an image input, an FP32 logits or
-int32 labels output of the contract's size, and the segedge contract in the metadata.
+(compressed-weight) ops, quantize / dequantize ops (quantized activations), the spec version and the ops newer than
+the deployment target, inputs / outputs with their types, and the user metadata keys. `check_package` turns what
+must hold into one-line errors: compressed weights present exactly when asked for, quantize / dequantize ops
+exactly for W8A8, no op the deployment target cannot run, an image input, an FP32 logits or int32 labels output of
+the contract's size, and the segedge contract in the metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..toolkits.coreml import DEPLOYMENT_TARGETS, METADATA_PREFIX, coremltools
 
 CONSTEXPR_PREFIX = "constexpr_"
 TOP_OPS = 10  # ops listed in the manifest summary
+ACTIVATION_QUANT_OPS = ("quantize", "dequantize")  # MIL ops (iOS17+) of a W8A8 program's activations
 
 
 def _ops(block: Any) -> list[Any]:
@@ -73,6 +75,7 @@ def inspect_package(path: str | Path, target: str) -> dict[str, Any]:
         "spec_version": int(spec.specificationVersion), "deployment_target": target, "opsets": sorted(set(opsets)),
         "op_histogram": dict(hist.most_common()), "op_count": sum(hist.values()),
         "constexpr_ops": {t: n for t, n in hist.items() if t.startswith(CONSTEXPR_PREFIX)},
+        "activation_quant_ops": {t: hist[t] for t in ACTIVATION_QUANT_OPS if hist.get(t)},
         "ops_newer_than_target": too_new,
         "inputs": [_feature(f) for f in spec.description.input],
         "outputs": [_feature(f) for f in spec.description.output],
@@ -80,12 +83,20 @@ def inspect_package(path: str | Path, target: str) -> dict[str, Any]:
     }
 
 
-def check_package(report: dict[str, Any], compressed: str | None, output: dict[str, Any]) -> None:
+def check_package(report: dict[str, Any], compressed: str | None, output: dict[str, Any],
+                  activations: bool = False) -> None:
     """Raise one line unless the package is what the target promised.
 
     compressed: None (FP16 weights: no constexpr op), or the constexpr op type the weights must use
-    (e.g. 'constexpr_affine_dequantize', 'constexpr_lut_to_dense'); output: {name, kind, dtype, shape}."""
+    (e.g. 'constexpr_affine_dequantize', 'constexpr_lut_to_dense'); output: {name, kind, dtype, shape};
+    activations: quantized activations (W8A8) — quantize and dequantize ops must be there, else must not."""
     name = f"the {report['deployment_target']} package"
+    q = report["activation_quant_ops"]
+    if activations and not (q.get("quantize") and q.get("dequantize")):
+        raise ExportError(f"{name} should quantize its activations but has no quantize/dequantize op pair ({q}); the "
+                          "activations were not quantized")
+    if not activations and q:
+        raise ExportError(f"{name} should compute on float activations but has {q}")
     if report["ops_newer_than_target"]:
         raise ExportError(f"{name} uses op(s) {', '.join(report['ops_newer_than_target'])} that "
                           f"{report['deployment_target']} cannot run; pass a newer --coreml-target")
@@ -113,6 +124,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     hist = report["op_histogram"]
     return {"op_count": report["op_count"], "const_ops": hist.get("const", 0),
             "top_ops": dict(list((k, v) for k, v in hist.items() if k != "const")[:TOP_OPS]),
-            "constexpr_ops": report["constexpr_ops"], "spec_version": report["spec_version"],
+            "constexpr_ops": report["constexpr_ops"], "activation_quant_ops": report["activation_quant_ops"],
+            "spec_version": report["spec_version"],
             "opsets": report["opsets"], "ops_newer_than_target": report["ops_newer_than_target"],
             "inputs": report["inputs"], "outputs": report["outputs"]}

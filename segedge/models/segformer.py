@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import DropPath, resize
+from .layers import DropPath, ExportAware, resize, resize_symbolic, set_export_mode
 from .registry import ModelSpec, register_model
 
 # Official MiT configs (NVlabs mix_transformer.py): embed dims, heads, depths; sr ratios 8/4/2/1, MLP ratio 4.
@@ -177,7 +177,7 @@ class ConvBNReLU(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-class SegFormerHead(nn.Module):
+class SegFormerHead(ExportAware, nn.Module):
     """All-MLP decoder: linear_c1..c4 → upsample to 1/4 → concat(c4,c3,c2,c1) → 1×1 conv+BN+ReLU → classifier."""
 
     def __init__(self, in_dims, dim: int, num_classes: int, dropout: float = 0.1) -> None:
@@ -194,7 +194,7 @@ class SegFormerHead(nn.Module):
         outs = []
         for i in (4, 3, 2, 1):
             y = getattr(self, f"linear_c{i}")(feats[i - 1])
-            outs.append(y if i == 1 else resize(y, size))
+            outs.append(y if i == 1 else (resize_symbolic if self.export_mode else resize)(y, size))
         x = self.linear_fuse(torch.cat(outs, dim=1))
         return self.linear_pred(self.dropout(x))
 
@@ -221,6 +221,10 @@ class SegFormer(nn.Module):
         for name, m in self.backbone.named_modules():
             if isinstance(m, nn.LayerNorm) and (".norm1" in f".{name}" or ".norm2" in f".{name}" or name.startswith("norm")):
                 m.eps = self.ln_eps
+
+    def set_export_mode(self, enabled: bool = True) -> "SegFormer":
+        """Export-friendly forward (FX / TorchScript traceable; see `segedge.models.layers`), same numerics."""
+        return set_export_mode(self, enabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_head(self.backbone(x))

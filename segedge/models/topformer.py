@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import DropPath, resize
+from .layers import DropPath, ExportAware, resize, resize_symbolic, set_export_mode
 from .registry import ModelSpec, register_model
 
 # (kernel, expand ratio, out channels, stride) per inverted residual, from local_configs/topformer/*.
@@ -207,7 +207,7 @@ def pyramid_pool(inputs: list[torch.Tensor], stride: int) -> torch.Tensor:
     return torch.cat(pooled, dim=1)
 
 
-class InjectionMultiSum(nn.Module):
+class InjectionMultiSum(ExportAware, nn.Module):
     """Semantic injection: local·hsigmoid(up(global_act)) + up(global_embedding)."""
 
     def __init__(self, inp: int, oup: int) -> None:
@@ -220,8 +220,9 @@ class InjectionMultiSum(nn.Module):
     def forward(self, x_l: torch.Tensor, x_g: torch.Tensor) -> torch.Tensor:
         size = (x_l.shape[2], x_l.shape[3])
         local_feat = self.local_embedding(x_l)
-        sig_act = resize(self.act(self.global_act(x_g)), size)
-        global_feat = resize(self.global_embedding(x_g), size)
+        up = resize_symbolic if self.export_mode else resize
+        sig_act = up(self.act(self.global_act(x_g)), size)
+        global_feat = up(self.global_embedding(x_g), size)
         return local_feat * sig_act + global_feat
 
 
@@ -246,7 +247,7 @@ class TopformerBackbone(nn.Module):
         return [self.SIM[i](tokens[i], parts[i]) for i in DECODE_OUT_INDICES]
 
 
-class SimpleHead(nn.Module):
+class SimpleHead(ExportAware, nn.Module):
     """Sum the injected features at 1/8 → 1×1 conv+BN+ReLU (depthwise for T) → dropout → classifier."""
 
     def __init__(self, channels: int, num_classes: int, is_dw: bool, dropout: float = 0.1) -> None:
@@ -259,7 +260,7 @@ class SimpleHead(nn.Module):
         x = feats[0]
         size = (x.shape[2], x.shape[3])
         for f in feats[1:]:
-            x = x + resize(f, size)
+            x = x + (resize_symbolic if self.export_mode else resize)(f, size)
         return self.conv_seg(self.dropout(self.linear_fuse(x)))
 
 
@@ -278,6 +279,10 @@ class TopFormer(nn.Module):
         self.backbone = TopformerBackbone(cfg, drop_path_rate)
         self.decode_head = SimpleHead(cfg["head_channels"], num_classes, cfg["head_dw"], dropout)
         self.apply(_init_weights)
+
+    def set_export_mode(self, enabled: bool = True) -> "TopFormer":
+        """Export-friendly forward (FX / TorchScript traceable; see `segedge.models.layers`), same numerics."""
+        return set_export_mode(self, enabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
