@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import slow_except
+
 from segedge.contract import Manifest, ModelContract
 from segedge.errors import ExportError, SegedgeError
 from segedge.export import ExportOptions, export_model
@@ -329,7 +331,7 @@ BLOCK_COREMLTOOLS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("target", ["coreml-fp16", "coreml-w8a8"])
+@pytest.mark.parametrize("target", slow_except(["coreml-fp16", "coreml-w8a8"], keep={"coreml-w8a8"}))
 def test_coremltools_missing_is_one_line(tmp_path: Path, target: str) -> None:
     proc = _cli(["export", "--model", "topformer-t", "--target", target, "--input-size", "128x128",
                  "--out", str(tmp_path / "x")], BLOCK_COREMLTOOLS)
@@ -337,11 +339,11 @@ def test_coremltools_missing_is_one_line(tmp_path: Path, target: str) -> None:
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize("args,needle", slow_except([
     (["--target", "coreml-int8", "--palettize", "5"], "--palettize takes 4, 6 or 8"),
     (["--target", "coreml-fp16", "--palettize", "6"], "--palettize applies to --target coreml-int8 only"),
     (["--target", "coreml-fp16", "--coreml-target", "iOS14"], "unknown CoreML deployment target"),
-])
+], keep={"palettize-value"}, ids=["palettize-value", "palettize-without-int8", "deployment-target"]))
 def test_bad_options_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
     proc = _cli(["export", "--model", "topformer-t", "--input-size", "128x128", "--out", str(tmp_path / "x"), *args])
     _one_line_failure(proc, needle)

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import slow_except
+
 from segedge.contract import Manifest
 from segedge.engine.bundle import REFERENCE_NAME, Reference
 from segedge.errors import SegedgeError
@@ -94,7 +96,7 @@ def test_cli_prints_the_device_command_and_refuses_an_unknown_generation(tmp_pat
     assert man["targets"]["trt-int8"]["verification"]["argmax_agreement"] > 0.5
 
 
-@pytest.mark.parametrize("generation", ["10", "11"])
+@pytest.mark.parametrize("generation", slow_except(["10", "11"], keep={"11"}))
 def test_fp16_bundle_pins_islands_and_types_the_graph_for_11(tmp_path: Path, generation: str) -> None:
     from segedge.export.fp16 import typed_graph_problems
 

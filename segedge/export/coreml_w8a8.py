@@ -57,15 +57,10 @@ class LabelsOutput(nn.Module):
 
 # -- which modules stay float ---------------------------------------------------------------------------------------
 def _group_of(name: str, family: str, model_name: str | None) -> str | None:
-    """The sensitivity group of a model module path (`backbone.tpm.layer2.conv.0.c`), as the ONNX targets name it."""
-    from .sensitivity import _segformer_group, _topformer_group, _topformer_stage_of_layer
+    """The sensitivity group of a model module path, as the ONNX targets name it."""
+    from .sensitivity import module_group
 
-    scope = "/" + name.replace(".", "/")  # torch.onnx scope of the same module
-    if family == "topformer":
-        return _topformer_group(scope, _topformer_stage_of_layer(model_name))
-    if family == "segformer":
-        return _segformer_group(scope)
-    return None
+    return module_group(name, family, model_name)
 
 
 def float_modules(module: PackageModule, family: str, model_name: str | None) -> dict[str, str]:

@@ -176,6 +176,17 @@ def _op_group(node: Any) -> str:
     return node.op_type
 
 
+def module_group(module_path: str, family: str, model_name: str | None = None) -> str | None:
+    """The block group of a PyTorch module path (`backbone.tpm.layer2.conv.0.c`), named as `node_groups` names the
+    ONNX nodes of that module (for targets converted from PyTorch, e.g. CoreML W8A8); None for other families."""
+    scope = "/" + module_path.replace(".", "/")  # the torch.onnx scope of the same module
+    if family == "topformer":
+        return _topformer_group(scope, _topformer_stage_of_layer(model_name))
+    if family == "segformer":
+        return _segformer_group(scope)
+    return None
+
+
 def candidate_nodes(model: Any, flavour: QuantFlavour, base: Sequence[KeptFloat]) -> list[Any]:
     """Nodes the flavour would quantize: of its op types and not kept float by the base configuration."""
     ops = set(flavour.op_types or quantizable_op_types())
