@@ -6,7 +6,7 @@ the demo export folder under --work, so exports/ is untouched), then one `segedg
 family-default INT8 models and the budgeted ones on the held-out dusk drive 0001TP (its CamVid train frames minus the
 calibration frames). JSON figures only (no frames) go to benchmarks/results/int8-budget/. ORT uses 1 thread.
 
-    nohup .venv/bin/python benchmarks/int8_budget.py > /tmp/int8b/log 2>&1 &
+    nohup .venv/bin/python benchmarks/int8_budget.py > bench-out/int8-budget.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def write_summary() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--camvid", default="/work/shared/datasets/camvid")
-    ap.add_argument("--work", default="/tmp/int8b")
+    ap.add_argument("--camvid", default="../shared/datasets/camvid", help="CamVid root (never copied here)")
+    ap.add_argument("--work", default="bench-out/int8-budget", help="scratch folder (git-ignored)")
     ap.add_argument("--models", default="topformer-t,b0")
     ap.add_argument("--sens-count", type=int, default=48)
     ap.add_argument("--val-count", type=int, default=96)

@@ -15,7 +15,7 @@ proxy mIoU through ONNX Runtime CPU (fake-quant, --threads, exact post-processin
 drive 0001TP (its train frames minus the calibration frames). JSON figures only (never frames) go to --out:
 
     python benchmarks/qdq_placement.py --exports exports/demo-b0,exports/demo-topformer-t \\
-        --data ../shared/datasets/camvid --modelopt-python /tmp/mo/bin/python --work /tmp/qdq-placement
+        --data ../shared/datasets/camvid --modelopt-python <modelopt-venv>/bin/python --work bench-out/qdq-placement
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def main() -> None:
     ap.add_argument("--exports", default="exports/demo-b0,exports/demo-topformer-t")
     ap.add_argument("--data", type=Path, required=True, help="CamVid root (train/, val/, …annot/)")
     ap.add_argument("--modelopt-python", required=True, help="python of a venv with nvidia-modelopt[onnx]")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/qdq-placement"), help="graphs and the .npy (not committed)")
+    ap.add_argument("--work", type=Path, default=Path("bench-out/qdq-placement"), help="graphs and the .npy (not committed)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/qdq-placement"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="frames per labelled set (default: all)")

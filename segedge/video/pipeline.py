@@ -431,12 +431,7 @@ class Pipeline:
                     batch = seg.prepare(frame.image)
                     pre_ms = (time.perf_counter() - t0) * 1e3
                 except Exception as e:
-                    stats.count("failed")
-                    in_a_row += 1
-                    self._note_failure(frame, "pre-processing", e)
-                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
-                        raise SegedgeError(f"pre-processing failed on {in_a_row} frames in a row; last: "
-                                           f"{first_line(e)}") from e
+                    in_a_row = self._frame_failed(frame, "pre-processing", e, in_a_row)
                     continue
                 in_a_row = 0
                 stats.stage("pre", pre_ms)
@@ -469,12 +464,7 @@ class Pipeline:
                     seg.backend.synchronize()
                     t2 = time.perf_counter()
                 except Exception as e:
-                    stats.count("failed")
-                    in_a_row += 1
-                    self._note_failure(frame, "inference", e)
-                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
-                        raise SegedgeError(f"inference failed on {in_a_row} frames in a row; last: "
-                                           f"{first_line(e)}") from e
+                    in_a_row = self._frame_failed(frame, "inference", e, in_a_row)
                     continue
                 in_a_row = 0
                 timings["infer"] = (t2 - t1) * 1e3
@@ -494,6 +484,16 @@ class Pipeline:
             if left:
                 stats.count("dropped", len(left))
             q2.close()
+
+    def _frame_failed(self, frame: Frame, stage: str, e: BaseException, in_a_row: int) -> int:
+        """Count and note a frame that failed in `stage`; the new run of failures in a row, or a SegedgeError once
+        MAX_FAILURES_IN_A_ROW frames in a row have failed (a broken model, not a bad frame)."""
+        self._stats.count("failed")
+        in_a_row += 1
+        self._note_failure(frame, stage, e)
+        if in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise SegedgeError(f"{stage} failed on {in_a_row} frames in a row; last: {first_line(e)}") from e
+        return in_a_row
 
     def _note_failure(self, frame: Frame, stage: str, e: BaseException) -> None:
         if len(self.failures) < 10:
