@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "train",     # segedge train
     "evaluate",  # segedge eval
     "export",    # segedge export
+    "tune",      # segedge tune (the cpu target for an existing export folder)
     "bench",     # segedge bench
     "doctor",    # segedge doctor
     "run",       # segedge run

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from .errors import SegedgeError
 
 MANIFEST_NAME = "manifest.json"
+TUNED_TARGET = "cpu"  # the target `segedge tune` / `--target cpu` writes; picked when no target is named
 MANIFEST_FORMAT = "segedge-export/1"
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale, as mmseg
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -350,6 +351,8 @@ class Manifest:
         if target is None:
             if len(self.targets) == 1:
                 return next(iter(self.targets.items()))
+            if TUNED_TARGET in self.targets:  # `--target cpu` measured the fastest: the folder's default
+                return TUNED_TARGET, self.targets[TUNED_TARGET]
             raise SegedgeError(f"{where} holds several targets ({', '.join(self.targets)}); choose one with "
                                f"target=… (--target), e.g. target='{next(iter(self.targets))}'")
         if target not in self.targets:

@@ -21,6 +21,10 @@ class ExportError(SegedgeError):
     """An export step failed (tolerance, unsupported option, unwritable output)."""
 
 
+class SegedgeWarning(UserWarning):
+    """Something works but may not be what the user expects (e.g. a CPU-tuned export running on another CPU)."""
+
+
 class LabelRangeError(DataError):
     """Label values beyond the dataset's classes: a wrong --num-classes or dataset type, never skipped."""
 

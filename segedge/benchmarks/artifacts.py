@@ -170,6 +170,9 @@ def run_export(folder: Path, cfg: dict[str, Any], size: tuple[int, int], missing
     from ..export.pipeline import ExportOptions, export_model
 
     check_calibration(missing, calib, cfg["model"])
+    if "cpu" in missing:  # tuning chooses on labelled frames; the bench then evaluates on its own split
+        raise SegedgeError(f"{folder} has no cpu target yet: tune it first (`segedge tune {folder} --val DIR`, or "
+                           "`segedge export --target cpu --val DIR`), then bench it with --artifacts")
     res = export_model(ExportOptions(model=cfg["model"], weights=cfg["weights"], targets=list(missing),
                                      input_size=size, calib=calib.source, calib_count=calib_count, out=folder),
                        progress=progress)

@@ -11,7 +11,8 @@ MARKERS = "osD^vP*Xh<>"
 DPI = 120
 
 
-def _figure(w: float, h: float) -> Any:
+def figure(w: float, h: float) -> Any:
+    """A matplotlib Figure on an Agg canvas (no pyplot state), constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -20,7 +21,7 @@ def _figure(w: float, h: float) -> Any:
     return fig
 
 
-def _plain_log(axis: Any) -> None:
+def plain_log(axis: Any) -> None:
     """Log scale with plain tick labels (20, 50, 100 rather than 2×10¹)."""
     from matplotlib.ticker import FuncFormatter
 
@@ -29,7 +30,8 @@ def _plain_log(axis: Any) -> None:
     axis.set_minor_formatter(fmt)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return path
@@ -54,7 +56,7 @@ def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
     from .report import is_baseline, target_label
 
     colors, markers = _styles(results)
-    fig = _figure(7.5, 5.0)
+    fig = figure(7.5, 5.0)
     ax = fig.add_subplot()
     for r in results["rows"]:
         miou = r["accuracy"]["miou"]
@@ -71,7 +73,7 @@ def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
     lats = [r["latency"]["inference"]["p50_ms"] for r in results["rows"] if r["accuracy"]["miou"] is not None]
     if lats and min(lats) > 0 and max(lats) / min(lats) > 10:  # e.g. eager B0 vs INT8 TopFormer
         ax.set_xscale("log")
-        _plain_log(ax.xaxis)
+        plain_log(ax.xaxis)
     ax.set_xlabel("inference latency, p50 (ms; bar to p90)")
     ax.set_ylabel("mIoU (%)")
     s = results["settings"]
@@ -79,13 +81,13 @@ def plot_latency_vs_miou(results: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Latency vs mIoU — {s['dataset']}/{s['split']}, {s['eval_frames']} frames{hollow_note}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_latency_vs_size(results: dict[str, Any], path: Path) -> Path:
     """Inference latency p50 against input pixels, one line per model × target (the --sizes sweep)."""
     colors, markers = _styles(results)
-    fig = _figure(7.5, 5.0)
+    fig = figure(7.5, 5.0)
     ax = fig.add_subplot()
     series: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
     for r in results["sweep"]:
@@ -102,11 +104,11 @@ def plot_latency_vs_size(results: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("input size (H×W, axis linear in pixels)")
     ax.set_ylabel("inference latency, p50 (ms)")
     ax.set_yscale("log")
-    _plain_log(ax.yaxis)
+    plain_log(ax.yaxis)
     ax.set_title("Latency vs input size (mIoU is measured at each model's own size only)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_per_class_iou(results: dict[str, Any], path: Path) -> Path:
@@ -118,7 +120,7 @@ def plot_per_class_iou(results: dict[str, Any], path: Path) -> Path:
 
     cmap = colormaps["tab10"]
     models = list(results["models"])
-    fig = _figure(max(7.5, 0.6 * max(len(results["models"][m]["class_names"]) for m in models) + 2),
+    fig = figure(max(7.5, 0.6 * max(len(results["models"][m]["class_names"]) for m in models) + 2),
                   3.2 * len(models) + 0.6)
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     for ax, m in zip(axes, models):
@@ -140,7 +142,7 @@ def plot_per_class_iou(results: dict[str, Any], path: Path) -> Path:
                      f"{'; hatched: library-default baselines' if any(is_baseline(r) for r in rows) else ''})")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncols=min(4, len(rows)))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_plots(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
@@ -153,4 +155,4 @@ def write_plots(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return files
 
 
-__all__ = ["plot_latency_vs_miou", "plot_latency_vs_size", "plot_per_class_iou", "write_plots"]
+__all__ = ["MARKERS", "figure", "plain_log", "save_png", "plot_latency_vs_miou", "plot_latency_vs_size", "plot_per_class_iou", "write_plots"]

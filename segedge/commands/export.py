@@ -62,7 +62,7 @@ def export_cmd(
 
     from rich.console import Console
 
-    from ..export.pipeline import ExportOptions, export_model, summarize_result
+    from ..export.pipeline import ExportOptions, export_model
     from . import parse_size_strict
 
     console = Console(stderr=True, log_path=False)
@@ -85,11 +85,18 @@ def export_cmd(
     if as_json:
         typer.echo(json.dumps(result.manifest, indent=2, default=str))
         return
+    print_result(result, console, time.perf_counter() - t0)
+
+
+def print_result(result: Any, console: Any, seconds: float) -> None:
+    """The export summary: notes, one line per target with its checks, calibration, budget and tuning choices."""
+    from ..export.pipeline import summarize_result
+
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     typer.echo(f"exported {result.manifest['model']} {result.manifest['input']['height']}x"
                f"{result.manifest['input']['width']} (io {result.manifest['input']['io']}, opset "
-               f"{result.manifest['opset']}) to {result.out_dir} in {time.perf_counter() - t0:.1f} s")
+               f"{result.manifest['opset']}) to {result.out_dir} in {seconds:.1f} s")
     for line in summarize_result(result):
         typer.echo("  " + line)
     cal = next((e["calibration"] for e in result.manifest["targets"].values() if "calibration" in e), None)
@@ -103,6 +110,12 @@ def export_cmd(
                        f"{', '.join(i['group'] for i in budget['float_islands']) or 'none (defaults)'}: drop "
                        f"{budget['budget_set']['chosen']['drop_pt']:.2f} pt on the budget frames, "
                        f"{budget['held_back_set']['chosen']['drop_pt']:.2f} pt on the held-back frames")
+        tuned = e.get("tuned")
+        if isinstance(tuned, dict):
+            typer.echo(f"  {name}: chose {tuned['candidate']} of {tuned['candidates']} candidates on "
+                       f"{tuned['cpu'].get('model')}: {tuned['latency_ms']['p50']:.2f} ms p50, drop "
+                       f"{tuned['drop_pt']['budget']:+.2f} pt (budget set) / {tuned['drop_pt']['held_back']:+.2f} pt "
+                       f"(held back); table: {result.out_dir / 'cpu-tune.md'}")
     typer.echo(f"  manifest: {Path(result.manifest_path)}")
 
 

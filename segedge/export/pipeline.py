@@ -208,19 +208,23 @@ def _check_options(opts: ExportOptions) -> tuple[Any, str, str]:
 
 
 def _check_budget(opts: ExportOptions, targets: Sequence[TargetSpec], notes: list[str]) -> None:
-    """--max-miou-drop needs --val and an ONNX INT8 target; checked before the weights load."""
+    """--max-miou-drop needs --val and an ONNX INT8 target (or cpu, which always measures drops and so always needs
+    --val); checked before the weights load."""
     from .sensitivity import BUDGET_TARGETS, check_budget
 
     opts.max_miou_drop = check_budget(opts.max_miou_drop)
+    names = [t.name for t in targets]
+    if "cpu" in names and opts.val is None:
+        raise SegedgeError("--target cpu measures every candidate's mIoU drop: add --val DIR (a labelled dataset "
+                           "folder such as CamVid)")
     if opts.max_miou_drop is None:
         return
     if opts.val is None:
         raise SegedgeError("--max-miou-drop needs labelled frames to measure the drop: add --val DIR (a labelled "
                            "dataset folder such as CamVid)")
-    names = [t.name for t in targets]
-    if not any(n in BUDGET_TARGETS for n in names):
-        raise SegedgeError(f"--max-miou-drop applies to the INT8 targets {', '.join(BUDGET_TARGETS)}; add one to "
-                           "--target or drop --max-miou-drop")
+    if not any(n in (*BUDGET_TARGETS, "cpu") for n in names):
+        raise SegedgeError(f"--max-miou-drop applies to the INT8 targets {', '.join(BUDGET_TARGETS)} and to cpu; add "
+                           "one to --target or drop --max-miou-drop")
     if any(n.endswith("int8") and n not in BUDGET_TARGETS for n in names):
         notes.append("--max-miou-drop does not search openvino-int8 yet: it keeps its NNCF defaults")
 

@@ -470,14 +470,10 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def plot_report(report: dict[str, Any], path: Path) -> Path:
     """Bar chart: Δ mIoU with only each group quantized, and the gain of leaving it out (PNG, written atomically)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ..io import atomic_path
+    from ..benchmarks.plots import figure, save_png
 
     rows = report["groups"]
-    fig = Figure(figsize=(8, 1.2 + 0.32 * len(rows)), dpi=120, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(8, 1.2 + 0.32 * len(rows))
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
     ax.barh(y + 0.2, [r["only"]["drop_pt"] for r in rows], 0.4, label="Δ mIoU, only this group INT8")
@@ -488,9 +484,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"INT8 sensitivity, {report.get('target', '')} ({report['flavour']}); default drop "
                  f"{report['default']['drop_pt']:+.2f} pt")
     ax.legend(loc="lower right", fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)
 
 
 def write_report(folder: Path, target: str, report: dict[str, Any]) -> list[Path]:

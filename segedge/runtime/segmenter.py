@@ -4,7 +4,8 @@
     labels = seg.predict(frame)              # H×W uint8 at the frame's size
     cv2.imwrite("out.png", seg.overlay(frame, labels))
 
-`load` accepts an export folder (target picked from manifest.json), an .onnx file (contract from its
+`load` accepts an export folder (target picked from manifest.json: the only one, or `cpu` — the target `--target cpu`
+tuned on this machine, with its thread count — when there are several), an .onnx file (contract from its
 metadata_props), a file another backend opens (e.g. OpenVINO .xml, via its backend module and the folder's
 manifest), or a segedge checkpoint (.safetensors → PyTorch).
 """
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..contract import MANIFEST_NAME, Manifest, TargetEntry
-from ..errors import SegedgeError
+from ..errors import SegedgeError, SegedgeWarning
 from .backends import Backend, backend_for_path, get_backend
 from .checks import check_io, check_verify_mode, verify_files
 from .modelinfo import ModelInfo
@@ -61,6 +62,25 @@ def _artifact_path(folder: Path, target: str, entry: TargetEntry) -> Path:
     return file
 
 
+def _tuned_threads(target: str | None, entry: TargetEntry, threads: int | None) -> int | None:
+    """The thread count a CPU-tuned target was chosen with (unless `threads` is given), and a warning when this CPU
+    is not the one it was tuned on: the choice (runtime, INT8 scheme, precision hint, threads) may not be the
+    fastest here."""
+    import warnings
+
+    tuned = entry.get("tuned")
+    if not isinstance(tuned, dict):
+        return threads
+    from ..doctor import cpu_report
+
+    was, here = tuned.get("cpu") or {}, cpu_report()
+    if (was.get("model"), was.get("isa")) != (here.get("model"), here.get("isa")):
+        warnings.warn(f"target '{target}' was tuned on {was.get('model')} ({was.get('arch')}) and runs on "
+                      f"{here.get('model')} ({here.get('arch')}): its choice may not be the fastest here; re-run "
+                      "`segedge tune` on this machine", SegedgeWarning, stacklevel=3)
+    return threads if threads is not None else entry.get("threads")
+
+
 class Segmenter:
     """Frames in, labels out, over any backend; pre-/post-processing follow the model's recorded contract."""
 
@@ -96,6 +116,7 @@ class Segmenter:
             man = Manifest.read(p)
             target, entry = man.choose(target, p)
             _refuse_pending_engine(p, target, entry)
+            threads = _tuned_threads(target, entry, threads)
             contract, p = man.contract.to_dict(), _artifact_path(p, target, entry)
             verify_files(p.parent, target, entry, verify)
         else:
@@ -105,6 +126,7 @@ class Segmenter:
                 _refuse_pending_engine(p.parent, found_target, entry)
                 contract, target = man.contract.to_dict(), target or found_target
                 verify_files(p.parent, found_target, entry, verify)
+                threads = _tuned_threads(found_target, entry, threads)
         cls_ = get_backend(backend) if backend else backend_for_path(p)
         if backend and cls_.suffixes and p.suffix.lower() not in cls_.suffixes:
             raise SegedgeError(f"backend '{cls_.name}' opens {', '.join(cls_.suffixes)} files, not {p.name}; drop "

@@ -82,8 +82,10 @@ def nncf_kwargs(settings: dict[str, Any], subset_size: int) -> dict[str, Any]:
     }
     if settings["model_type"] == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if settings["ignored_patterns"]:  # validate=False: a graph without such nodes is quantized as is
-        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(settings["ignored_patterns"]), validate=False)
+    names = list(settings.get("ignored_names") or ())  # exact node names (e.g. a float group's convs)
+    if settings["ignored_patterns"] or names:  # validate=False: a graph without such nodes is quantized as is
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, patterns=list(settings["ignored_patterns"]),
+                                                    validate=False)
     return kwargs
 
 

@@ -1,0 +1,67 @@
+"""Measuring CPU candidates: accuracy drop on labelled frames, and latency on this CPU in rotating blocks.
+
+Accuracy is measured once per (recipe, hint) — thread counts do not change what a model computes — as the mIoU drop
+in points against the FP32 ONNX (run by ONNX Runtime) on the same frames, on the budget set (which the choice uses)
+and on the held-back set (reported only). Latency is inference alone (pre- and post-processing are the same for every
+candidate) timed with segedge.benchmarks.timing.time_blocks: every candidate runs a block of calls per round, the
+first candidate rotating, so slow drift of the machine spreads over all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..benchmarks.stats import latency_stats, ns_to_ms
+from ..benchmarks.timing import time_blocks
+from ..export.sensitivity import LabelledSet, compare_logits, miou_of
+from .candidates import Built, Candidate, open_backend
+
+DEFAULT_ITERS = 20
+DEFAULT_BLOCK = 5
+WARMUP_ROUNDS = 1
+
+
+def logits_of(backend: Any, frames: LabelledSet) -> list[np.ndarray]:
+    """C×h×w float32 logits of a backend for every frame of the set."""
+    return [np.asarray(backend.run(x), np.float32)[0] for x in frames.inputs]
+
+
+def drop_figures(logits: Sequence[np.ndarray], ref: Sequence[np.ndarray], frames: LabelledSet, ref_miou: float,
+                 num_classes: int) -> dict[str, Any]:
+    """mIoU, its drop in points against the reference, argmax agreement and SQNR on one set."""
+    miou = miou_of(logits, frames, num_classes)
+    return {"miou": miou, "drop_pt": round(100.0 * (ref_miou - miou), 4), **compare_logits(logits, ref),
+            "frames": len(frames)}
+
+
+def accuracy(built: Built, hint: str | None, sets: dict[str, LabelledSet], refs: dict[str, list[np.ndarray]],
+             ref_miou: dict[str, float], num_classes: int, threads: int) -> dict[str, Any]:
+    """Drop figures of one (recipe, hint) on every set (e.g. budget, held-back)."""
+    backend = open_backend(built, hint, threads)
+    try:
+        return {name: drop_figures(logits_of(backend, s), refs[name], s, ref_miou[name], num_classes)
+                for name, s in sets.items()}
+    finally:
+        backend.close()
+
+
+def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs: Sequence[np.ndarray],
+                    iters: int = DEFAULT_ITERS, block: int = DEFAULT_BLOCK,
+                    on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, float]]:
+    """Latency statistics (ms) of every candidate, all timed in one rotating-block run on `inputs` in turn."""
+    backends = [open_backend(built[c.recipe.name], c.hint, c.threads) for c in cands]
+    try:
+        def phase(i: int, r: int) -> Callable[[], Any]:
+            be, x = backends[i], inputs[r % len(inputs)]
+            return lambda: be.run(x)
+
+        durations = time_blocks(list(range(len(cands))), [phase], WARMUP_ROUNDS, iters, block, on_round=on_round)
+    finally:
+        for be in backends:
+            be.close()
+    return {c.name: latency_stats(ns_to_ms(d)) for c, d in zip(cands, durations[0])}
+
+
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "accuracy", "drop_figures", "logits_of", "time_candidates"]

@@ -1,0 +1,186 @@
+"""`--target cpu` / `segedge tune`: the choice on recorded figures, the candidates, a real tuned export of TopFormer-T
+(ONNX Runtime and OpenVINO candidates built, measured and timed), the runtime's default pick and its warning on
+another CPU, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from segedge.errors import SegedgeError, SegedgeWarning
+from segedge.tune.candidates import (Recipe, candidates, recipes, select_recipes, thread_counts)
+from segedge.tune.select import TIE_RATIO, choose, pareto_front
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _row(name: str, ms: float, drop: float, threads: int = 2) -> dict:
+    return {"name": name, "p50_ms": ms, "drop_pt": drop, "threads": threads}
+
+
+ROWS = [_row("ort-fp32/2t", 60.0, 0.0), _row("ov-int8-a/2t", 20.0, 0.5), _row("ov-int8-b/2t", 22.0, 0.2),
+        _row("ov-fp32/bf16/2t", 23.0, 0.05), _row("ort-int8/2t", 40.0, 0.1)]
+
+
+def test_choice_is_the_fastest_within_budget_and_names_what_it_beat() -> None:
+    c = choose(ROWS, 0.3)
+    assert c.chosen["name"] == "ov-int8-b/2t"
+    assert [r["name"] for r in c.within] == ["ov-int8-b/2t", "ov-fp32/bf16/2t", "ort-int8/2t", "ort-fp32/2t"]
+    assert "ov-int8-a/2t 20.00 ms" in c.why and "over budget" in c.why and "next: ov-fp32/bf16/2t" in c.why
+    assert choose(ROWS, 0.6).chosen["name"] == "ov-int8-a/2t"  # a looser budget admits the faster one
+    assert choose(ROWS, 0.0).chosen["name"] == "ort-fp32/2t"
+
+
+def test_latency_ties_go_to_the_smaller_drop_then_fewer_threads() -> None:
+    near = 22.0 * (1 + TIE_RATIO / 2)
+    rows = [_row("x/2t", 22.0, 0.25), _row("y/2t", near, 0.05), _row("z/1t", near, 0.05, threads=1),
+            _row("w/2t", 22.0 * (1 + 2 * TIE_RATIO), 0.0)]
+    c = choose(rows, 0.3)
+    assert c.chosen["name"] == "z/1t" and "a tie" in c.why  # w is beyond the tie window despite its 0.0 drop
+
+
+def test_unmet_budget_is_one_line_naming_the_best_drop() -> None:
+    with pytest.raises(SegedgeError) as ei:
+        choose([_row("a", 10, 0.9), _row("b", 12, 0.4)], 0.3)
+    msg = str(ei.value)
+    assert "\n" not in msg and "0.40 pt (b, 12.0 ms)" in msg and "--max-miou-drop" in msg
+    with pytest.raises(SegedgeError, match="no CPU candidate was measured"):
+        choose([], 0.3)
+
+
+def test_pareto_front() -> None:
+    assert pareto_front(ROWS) == ["ov-int8-a/2t", "ov-int8-b/2t", "ov-fp32/bf16/2t", "ort-fp32/2t"]
+
+
+def test_recipes_per_family_and_the_candidate_filter() -> None:
+    seg = [r.name for r in recipes("segformer", True, True, True, ("f32", "bf16"))]
+    assert seg[:3] == ["ort-fp32", "ort-int8-conv", "ort-int8-conv-islands"] and "ov-int8-mixed-transformer-islands" in seg
+    no_ov = [r.name for r in recipes("topformer", False, False, False, ())]
+    assert no_ov == ["ort-fp32", "ort-int8-conv", "ort-int8-all"]
+    every = recipes("topformer", True, True, True, ("f32", "bf16"))
+    assert [r.name for r in select_recipes(every, "ov-fp32, ort-int8-all*")] == [
+        "ort-int8-all", "ort-int8-all-islands", "ov-fp32"]
+    with pytest.raises(SegedgeError, match="matches none"):
+        select_recipes(every, "tensorrt*")
+    cands = candidates([r for r in every if r.name in ("ort-fp32", "ov-fp32")], [1, 2])
+    assert [c.name for c in cands] == ["ort-fp32/1t", "ort-fp32/2t", "ov-fp32/f32/1t", "ov-fp32/f32/2t",
+                                       "ov-fp32/bf16/1t", "ov-fp32/bf16/2t"]
+    assert Recipe("r", "onnxruntime", "int8", (("scope", "conv"),)).param("scope") == "conv"
+
+
+def test_thread_counts() -> None:
+    assert thread_counts("auto")[0] == 1 and thread_counts("1") == [1]
+    for bad in ("0", "x", "1,100000"):
+        with pytest.raises(SegedgeError, match="--cpu-threads"):
+            thread_counts(bad)
+
+
+# -- a real tuned export ----------------------------------------------------------------------------------------------
+
+CANDIDATES = "ort-fp32,ort-int8-all,ov-fp32,ov-int8-performance"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TopFormer-T at 128x128 exported with --target cpu (4 recipes, f32/bf16 hints where the CPU has bf16)."""
+    from conftest import write_camvid_like
+
+    from segedge.export import ExportOptions, export_model
+
+    base = tmp_path_factory.mktemp("tune")
+    data = write_camvid_like(base / "camvid")
+    out = base / "export"
+    export_model(ExportOptions("topformer-t", targets=["onnx", "ort-int8", "cpu"], input_size=(128, 128),
+                               calib=str(data / "train"), val=data, verify_frames=1, out=out,
+                               target_options={"cpu_candidates": CANDIDATES, "cpu_threads": "1", "cpu_iters": 3}))
+    return out
+
+
+def test_tuned_export_records_the_choice_the_cpu_and_every_candidate(tuned: Path) -> None:
+    man = json.loads((tuned / "manifest.json").read_text())
+    entry = man["targets"]["cpu"]
+    rep = json.loads((tuned / "cpu-tune.json").read_text())
+    names = {r["recipe"] for r in rep["rows"]}
+    assert names == set(CANDIDATES.split(","))
+    assert all(r["threads"] == 1 for r in rep["rows"])
+    # the recorded choice is what the selection makes of the recorded figures
+    assert choose(rep["rows"], rep["budget_pp"]).chosen["name"] == rep["choice"]["name"] == entry["tuned"]["candidate"]
+    fp32 = next(r for r in rep["rows"] if r["recipe"] == "ort-fp32")
+    assert fp32["drop_pt"] == 0 and fp32["argmax_agreement"] == 1.0 and fp32["vs_ort_fp32"] == 1.0
+    assert rep["frames"]["budget"] == 2 and rep["frames"]["held_back"] == 1  # alternate frames of the 3 val frames
+    t = entry["tuned"]
+    assert t["cpu"]["model"] and "avx2" in t["cpu"]["isa"] or t["cpu"]["arch"] != "x86_64"
+    assert entry["threads"] == 1 and t["budget_pp"] == 0.3 and t["why"].startswith("fastest of")
+    assert entry["file"] in ("model.cpu.onnx", "model.cpu.xml")
+    assert entry["verification"]["argmax_agreement"] > 0.5
+    assert set(entry["companion_files"]) >= {"cpu-tune.json", "cpu-tune.md", "cpu-tune.png"}
+    assert "ort-int8" in man["targets"]  # the other targets stay
+
+
+def test_runtime_picks_the_tuned_target_with_its_threads_and_warns_on_another_cpu(tuned: Path, tmp_path: Path
+                                                                                   ) -> None:
+    import numpy as np
+
+    from segedge.runtime import Segmenter
+
+    frame = np.zeros((90, 120, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegedgeWarning)  # same CPU: no warning
+        with Segmenter.load(tuned) as seg:
+            assert seg.info.target == "cpu" and seg.backend.threads == 1
+            assert seg.predict(frame).shape == (90, 120)
+    moved = tmp_path / "moved"
+    shutil.copytree(tuned, moved)
+    man = json.loads((moved / "manifest.json").read_text())
+    man["targets"]["cpu"]["tuned"]["cpu"]["model"] = "Some Other CPU"
+    (moved / "manifest.json").write_text(json.dumps(man))
+    with pytest.warns(SegedgeWarning, match="tuned on Some Other CPU"):
+        Segmenter.load(moved, threads=2).close()
+    with Segmenter.load(moved, target="ort-int8") as seg:  # an explicit target still wins
+        assert seg.info.target == "ort-int8"
+
+
+def _segedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segedge", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_tune_cli_adds_cpu_to_an_existing_folder(tmp_path: Path) -> None:
+    """`segedge tune` in a real subprocess: re-exports the same graph with the cpu target, keeps the others."""
+    from conftest import write_camvid_like
+
+    from segedge.export import ExportOptions, export_model
+
+    data = write_camvid_like(tmp_path / "camvid")
+    out = tmp_path / "exp"
+    export_model(ExportOptions("topformer-t", targets=["onnx", "ort-int8"], input_size=(128, 128),
+                               calib=str(data / "train"), verify_frames=1, out=out))
+    before = json.loads((out / "manifest.json").read_text())["targets"]["ort-int8"]["sha256"]
+    r = _segedge("tune", str(out), "--val", str(data), "--cpu-candidates", "ort-*", "--cpu-iters", "2",
+                 "--cpu-threads", "1", cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "calibrating on the folder's recorded source" in r.stderr and "cpu: chose" in r.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["targets"]["ort-int8"]["sha256"] == before and man["targets"]["cpu"]["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["export", "--model", "topformer-t", "--target", "cpu"], "add --val DIR"),
+    (["export", "--model", "topformer-t", "--target", "cpu", "--cpu-threads", "0", "--val", "{tmp}"],
+     "--cpu-threads must be"),
+    (["export", "--model", "topformer-t", "--target", "onnx", "--cpu-iters", "3"], "--cpu-iters applies to"),
+    (["tune", "{tmp}/nope", "--val", "{tmp}"], "export folder not found"),
+])
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = ["--out", str(tmp_path / "o")] if args[0] == "export" else []
+    r = _segedge(*[a.format(tmp=tmp_path) for a in args], *out, cwd=REPO)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in err and needle in err, err
+    assert not (tmp_path / "o").exists()
