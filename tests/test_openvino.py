@@ -64,7 +64,8 @@ def exports(setup: dict[str, Path]) -> dict[str, Path]:
     val = [synthetic_scene(rng, 64, 80, 4) for _ in range(2)]
     b0 = export_model(ExportOptions("b0", weights=setup["b0"], targets="openvino,openvino-int8",
                                     input_size=SIZES["b0"], calib=setup["frames"], calib_count=N_CALIB,
-                                    verify_frames=2, val=val, out=setup["tmp"] / "b0")).out_dir
+                                    verify_frames=2, val=val, out=setup["tmp"] / "b0",
+                                    target_options={"ov_precision": "f32"})).out_dir
     tf = setup["tmp"] / "topformer-t"
     res = CliRunner().invoke(app, ["export", "-m", "topformer-t", "--weights", str(setup["topformer-t"]),
                                    "--target", "openvino,openvino-int8", "--input-size", "128x128", "--calib",
@@ -225,3 +226,26 @@ def test_missing_packages_and_bad_options_are_one_line_errors(monkeypatch: pytes
     assert "segedge[openvino]" in (OpenVINOBackend.unavailable() or "")
     with pytest.raises(SegedgeError, match=r"target 'openvino' cannot be built here"):
         resolve_targets("openvino")
+
+
+def test_auto_precision_hint_is_measured_and_recorded(setup: dict[str, Path]) -> None:
+    """--ov-precision auto (the default): every hint the CPU supports is checked and timed; the entry records the
+    figures and the choice, and the runtime uses the chosen hint."""
+    from segedge.tune.candidates import openvino_hints
+    from segedge.tune.hints import pick_hint
+
+    out = export_model(ExportOptions("topformer-t", weights=setup["topformer-t"], targets="openvino",
+                                     input_size=SIZES["topformer-t"], calib=setup["frames"], verify_frames=1,
+                                     out=setup["tmp"] / "auto")).out_dir
+    e = _manifest(out)["targets"]["openvino"]
+    choice = e["precision_choice"]
+    assert choice["mode"] == "auto" and e["inference_precision_hint"] == choice["chosen"]
+    assert e["verification"]["inference_precision_hint"] == choice["chosen"]
+    hints = openvino_hints()
+    if len(hints) > 1:
+        assert set(choice["candidates"]) == set(hints)
+        assert pick_hint(choice["candidates"])[0] == choice["chosen"]  # the recorded figures give the recorded choice
+    else:
+        assert choice["chosen"] == "f32"
+    d = Segmenter.load(out, target="openvino").backend.describe()
+    assert d["inference_precision_hint"] == choice["chosen"] and d["precision_source"] == "manifest"

@@ -184,3 +184,18 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> 
     err = r.stderr.strip()
     assert r.returncode == 2 and "\n" not in err and needle in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_precision_hint_choice() -> None:
+    """bf16 wins when faster and within budget; f32 wins ties and whenever the other hint is over budget."""
+    from segedge.tune.hints import AGREEMENT_SLACK, pick_hint
+
+    f32 = {"p50_ms": 10.0, "argmax_agreement": 0.999}
+    assert pick_hint({"f32": f32, "bf16": {"p50_ms": 6.0, "argmax_agreement": 0.997}})[0] == "bf16"
+    assert pick_hint({"f32": f32, "bf16": {"p50_ms": 9.9, "argmax_agreement": 0.999}})[0] == "f32"  # a tie
+    far = 0.999 - 2 * AGREEMENT_SLACK
+    hint, why = pick_hint({"f32": f32, "bf16": {"p50_ms": 6.0, "argmax_agreement": far}})
+    assert hint == "f32" and "over budget: bf16" in why
+    # with labelled frames the mIoU drop decides, against the budget
+    lab = {"f32": {**f32, "drop_pt": 0.0}, "bf16": {"p50_ms": 6.0, "argmax_agreement": far, "drop_pt": 0.2}}
+    assert pick_hint(lab, 0.3)[0] == "bf16" and pick_hint(lab, 0.1)[0] == "f32"

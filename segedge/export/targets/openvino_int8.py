@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from ...errors import ExportError, first_line
 from . import TargetSpec, register_target
 from .base import ExportContext, TargetArtifact
-from .openvino_ir import OV_PRECISION, fp32_model, openvino_version, precision_hint, stage_ir, verify_ir
+from .openvino_ir import OV_PRECISION, fp32_model, openvino_version, stage_ir, verify_ir
 
 FILENAME = "model.int8.xml"
 
@@ -113,8 +113,10 @@ def build(ctx: ExportContext) -> TargetArtifact:
     settings = nncf_settings(family)
     qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
     frames = ctx.frames
+    hint, verification, choice = verify_ir(ctx, qmodel, "openvino-int8")
     entry = {
-        "precision": "int8", "runtime": "openvino", "inference_precision_hint": precision_hint(ctx),
+        "precision": "int8", "runtime": "openvino", "inference_precision_hint": hint,
+        **({"precision_choice": choice} if choice else {}),
         "openvino_version": openvino_version(), "nncf_version": str(nncf.__version__),
         "quantization": {"tool": "nncf.quantize (post-training)", **settings, "subset_size": len(frames),
                          "fake_quantize_nodes": count_fake_quantize(qmodel),
@@ -125,7 +127,7 @@ def build(ctx: ExportContext) -> TargetArtifact:
                         "graph_sha256": ctx.graph_sha256,
                         "table": None, "table_note": "NNCF collects its own statistics on these frames; the "
                                                      "calibration table serves the ONNX INT8 targets"},
-        "verification": verify_ir(ctx, qmodel, "openvino-int8"),
+        "verification": verification,
     }
     return stage_ir(ctx, "openvino-int8", FILENAME, qmodel, entry)
 

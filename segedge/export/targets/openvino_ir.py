@@ -3,9 +3,11 @@
 `openvino.convert_model` of the FP32 ONNX spine, saved with `compress_to_fp16=False` (OpenVINO would otherwise
 halve the weights to FP16). The IR is checked against PyTorch by running it with OpenVINO on CPU on the same check
 batches as every other target, with an explicit INFERENCE_PRECISION_HINT: OpenVINO picks bf16 by default on CPUs
-with AVX-512 BF16/AMX (toolchain-facts.md), so the hint (`--ov-precision`, f32 default) is set and recorded in the
-manifest entry and in the IR's rt_info; the runtime backend uses the recorded hint unless told otherwise. With f32
-the check gates like the FP32 ONNX one. The helpers here are shared with `openvino-int8`.
+with AVX-512 BF16/AMX (toolchain-facts.md), so the hint is set and recorded in the manifest entry and in the IR's
+rt_info; the runtime backend uses the recorded hint unless told otherwise. `--ov-precision auto` (the default)
+checks and times every hint the CPU supports and records the fastest within budget (segedge.tune.hints, with the
+figures behind the choice); f32 or bf16 fix it. With f32 the check gates like the FP32 ONNX one. The helpers here
+are shared with `openvino-int8`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from . import TargetOption, TargetSpec, register_target
 from .base import ExportContext, TargetArtifact
 
 FILENAME = "model.xml"
-CHECK_PRECISIONS = ("f32", "bf16")  # CPU hints the openvino targets can be checked with
+CHECK_PRECISIONS = ("auto", "f32", "bf16")  # --ov-precision values: measured choice, or a fixed CPU hint
 
 
 def parse_check_precision(value: Any) -> str:
-    """--ov-precision: f32 or bf16 (the hint the export checks with and the runtime uses by default)."""
+    """--ov-precision: auto (measured), f32 or bf16 (the hint the export checks with and the runtime uses)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
     try:
         hint = check_precision(str(value))
     except SegedgeError:
@@ -37,9 +41,10 @@ def parse_check_precision(value: Any) -> str:
 
 
 OV_PRECISION = TargetOption(
-    "ov_precision", "--ov-precision", "f32", parse=parse_check_precision,
-    help="OpenVINO targets: inference precision hint of their check and default at run time, f32 | bf16 "
-         "(OpenVINO's own CPU default is bf16 where supported).")
+    "ov_precision", "--ov-precision", "auto", parse=parse_check_precision,
+    help="OpenVINO targets: inference precision hint of their check and default at run time: auto (every hint the "
+         "CPU supports is checked and timed here; the fastest within --max-miou-drop, 0.3 pt, or within 0.5 % "
+         "argmax agreement of f32 without --val, is recorded) | f32 | bf16.")
 
 
 def openvino_version() -> str:
@@ -49,8 +54,8 @@ def openvino_version() -> str:
     return str(getattr(ov, "__version__", None) or ov.get_version())
 
 
-def precision_hint(ctx: ExportContext) -> str:
-    """The INFERENCE_PRECISION_HINT the openvino targets are checked with (--ov-precision)."""
+def requested_hint(ctx: ExportContext) -> str:
+    """--ov-precision as given: auto, f32 or bf16."""
     return str(ctx.option("ov_precision"))
 
 
@@ -104,17 +109,39 @@ def check_runner(ctx: ExportContext, model: Any, hint: str) -> tuple[Callable[[n
     return run, compiled
 
 
-def verify_ir(ctx: ExportContext, model: Any, name: str) -> dict[str, Any]:
-    """Run `model` with OpenVINO on the export's check batches and compare with PyTorch (+ mIoU with --val)."""
-    if ctx.verify_with is None:  # pragma: no cover - the pipeline always provides it
-        raise ExportError("this export pipeline cannot check non-ONNX targets (ExportContext.verify_with is unset)")
-    hint = precision_hint(ctx)
+def _check_hint(ctx: ExportContext, model: Any, name: str, hint: str) -> tuple[Callable[[np.ndarray], Any],
+                                                                          dict[str, Any]]:
+    """(run, figures): `model` compiled with `hint`, checked against PyTorch on the check batches (+ mIoU with --val)."""
     run, compiled = check_runner(ctx, model, hint)
-    res = ctx.verify_with(run, name)
+    res = ctx.verify_with(run, name) if ctx.verify_with else {}
     res["runtime"] = "openvino CPU"
     res["inference_precision_hint"] = hint
     res["inference_precision"] = actual_precision(compiled)
-    return res
+    return run, res
+
+
+def verify_ir(ctx: ExportContext, model: Any, name: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """(hint, verification, choice): the IR checked with the requested hint, or with each hint the CPU supports and
+    the fastest within budget chosen (`--ov-precision auto`, segedge.tune.hints; `choice` records why)."""
+    if ctx.verify_with is None:  # pragma: no cover - the pipeline always provides it
+        raise ExportError("this export pipeline cannot check non-ONNX targets (ExportContext.verify_with is unset)")
+    wanted = requested_hint(ctx)
+    if wanted != "auto":
+        return wanted, _check_hint(ctx, model, name, wanted)[1], None
+    from ...tune.candidates import openvino_hints
+    from ...tune.hints import figures, pick_hint, time_runs
+
+    hints = [h for h in openvino_hints() if h in ("f32", "bf16", "f16")]
+    checked = {h: _check_hint(ctx, model, name, h) for h in hints}
+    if len(hints) == 1:
+        return "f32", checked["f32"][1], {"mode": "auto", "chosen": "f32",
+                                          "why": "the CPU plugin reports no bf16/f16 capability: f32"}
+    ctx.progress(f"timing {name} with precision hints {', '.join(hints)}")
+    p50 = time_runs({h: run for h, (run, _) in checked.items()}, ctx.make_input(ctx.frames.frames[0]))
+    figs = {h: figures(checked[h][1], p50[h]) for h in hints}
+    budget = ctx.options.max_miou_drop
+    hint, why = pick_hint(figs, budget) if budget is not None else pick_hint(figs)
+    return hint, checked[hint][1], {"mode": "auto", "chosen": hint, "why": why, "candidates": figs}
 
 
 def stage_ir(ctx: ExportContext, target: str, filename: str, model: Any, entry: dict[str, Any]) -> TargetArtifact:
@@ -134,12 +161,12 @@ def stage_ir(ctx: ExportContext, target: str, filename: str, model: Any, entry: 
 def build(ctx: ExportContext) -> TargetArtifact:
     """Convert the FP32 ONNX, check the IR with OpenVINO against PyTorch (gate with f32), stage model.xml/.bin."""
     model = fp32_model(ctx)
-    hint = precision_hint(ctx)
-    ver = verify_ir(ctx, model, "openvino")
+    hint, ver, choice = verify_ir(ctx, model, "openvino")
     if hint == "f32":
         _verify.check_fp32(ver, "the OpenVINO FP32 IR")
     entry = {
         "precision": "fp32", "runtime": "openvino", "inference_precision_hint": hint,
+        **({"precision_choice": choice} if choice else {}),
         "openvino_version": openvino_version(), "compress_to_fp16": False,
         "converted_from": {"graph_sha256": ctx.graph_sha256, "converter": "openvino.convert_model"},
         "verification": ver,

@@ -1,0 +1,156 @@
+"""Figures of issue 15: `--target cpu` on this CPU for the demo B0 and TopFormer-T, against the library defaults.
+
+For each model, in one process and with nothing else running:
+
+1. `segedge export --target onnx,ort-int8,cpu` calibrated on CamVid train *without the dusk drive 0001TP*, choosing on
+   CamVid val (alternate frames: budget set / held back), the tuning wall time recorded;
+2. the library-default baselines of `segedge bench --baselines` (ORT quantize_static defaults, OpenVINO defaults on
+   the ONNX, NNCF quantize defaults) built on the same calibration frames;
+3. one rotating-block timing run of the chosen target (its own threads) and the baselines (library default threads);
+4. the mIoU drop vs the FP32 ONNX of each on CamVid val (101 frames) and on 0001TP, held out by sequence (never seen
+   by calibration or by the choice).
+
+Aggregate JSON and a markdown table (never frames) go to benchmarks/results/cpu-tune/.
+
+    nohup .venv/bin/python benchmarks/cpu_tune.py > bench-out/cpu-tune.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent / "results" / "cpu-tune"
+
+
+def labelled(ds: Any, indices: list[int], make_input: Any, name: str) -> Any:
+    """A LabelledSet of the dataset's frames at `indices`."""
+    from segedge.export.sensitivity import labelled_set
+
+    return labelled_set((ds[i] for i in indices), make_input, name,
+                        [Path(ds.samples[i].image_path).name for i in indices])
+
+
+def eval_sets(data: Path, make_input: Any, calib_names: list[str]) -> dict[str, Any]:
+    """CamVid val, and the dusk drive 0001TP (train frames; calibration excluded that drive)."""
+    from segedge.data.datasets import open_dataset
+    from segedge.data.splits import CAMVID_DUSK, held_out_by_sequence
+
+    val = open_dataset("camvid", data, "val")
+    train = open_dataset("camvid", data, "train")
+    dusk = held_out_by_sequence(train, CAMVID_DUSK, calib_names)
+    return {"val": labelled(val, list(range(len(val))), make_input, "val"),
+            CAMVID_DUSK: labelled(train, dusk, make_input, CAMVID_DUSK)}
+
+
+def drops(backends: dict[str, Any], sets: dict[str, Any], fp32: Any, num_classes: int) -> dict[str, Any]:
+    """mIoU drop (points) vs the FP32 ONNX of every backend on every set."""
+    from segedge.export.sensitivity import miou_of
+    from segedge.tune.measure import drop_figures, logits_of
+
+    out: dict[str, Any] = {}
+    for set_name, s in sets.items():
+        ref = logits_of(fp32, s)
+        ref_miou = miou_of(ref, s, num_classes)
+        out[set_name] = {"fp32_miou": ref_miou, "frames": len(s)}
+        for name, be in backends.items():
+            fig = drop_figures(logits_of(be, s), ref, s, ref_miou, num_classes)
+            out[set_name][name] = {k: fig[k] for k in ("miou", "drop_pt", "argmax_agreement")}
+    return out
+
+
+def time_all(backends: dict[str, Any], inputs: list[Any], iters: int, block: int) -> dict[str, Any]:
+    """p50 etc. of every backend in one rotating-block run."""
+    from segedge.benchmarks.stats import latency_stats, ns_to_ms
+    from segedge.benchmarks.timing import time_blocks
+
+    names = list(backends)
+
+    def phase(i: int, r: int) -> Any:
+        be, x = backends[names[i]], inputs[r % len(inputs)]
+        return lambda: be.run(x)
+
+    d = time_blocks(list(range(len(names))), [phase], 2, iters, block, settle_s=0.005)
+    return {n: latency_stats(ns_to_ms(v)) for n, v in zip(names, d[0])}
+
+
+def run_model(model: str, data: Path, work: Path, iters: int) -> dict[str, Any]:
+    """Tune, build the baselines, time and measure everything for one model."""
+    from segedge.benchmarks.baselines import BaselineContext, build_baseline, export_calibration_frames
+    from segedge.contract import read_manifest
+    from segedge.data.splits import calibration_source_without
+    from segedge.export import ExportOptions, export_model
+    from segedge.export.pipeline import _make_input
+    from segedge.runtime import Segmenter
+    from segedge.runtime.backends.ort import OnnxRuntimeBackend
+
+    out = work / model
+    t0 = time.perf_counter()
+    export_model(ExportOptions(model, targets=["onnx", "ort-int8", "cpu"], calib=calibration_source_without(data),
+                               val=data, val_count=None, out=out, replace=True), progress=print)
+    tune_s = time.perf_counter() - t0
+    man = read_manifest(out)
+    c = man["input"]
+    make = lambda f: _make_input(f, (c["height"], c["width"]), False, "RGB", c["mean"], c["std"])  # noqa: E731
+    frames, why = export_calibration_frames(out, man)
+    assert frames is not None, why
+    inputs = [make(f) for f in frames]
+    table = json.loads((out / man["targets"]["ort-int8"]["calibration"]["table"]).read_text())
+    backends = {"segedge cpu (" + man["targets"]["cpu"]["tuned"]["candidate"] + ")": Segmenter.load(out).backend}
+    for name in ("ort-defaults", "ov-defaults", "nncf-defaults"):
+        b = build_baseline(name, BaselineContext(model, out / "model.onnx", work / f"{model}-{name}", inputs, "input",
+                                                 "the export's calibration frames"))
+        backends[name] = b.backend
+    sets = eval_sets(data, make, table["frames"])
+    fp32 = OnnxRuntimeBackend(str(out / "model.onnx"))
+    acc = drops(backends, sets, fp32, int(man["num_classes"]))
+    lat = time_all(backends, sets["val"].inputs[:8], iters, 10)
+    return {"model": model, "tuning_seconds": round(tune_s, 1), "choice": man["targets"]["cpu"]["tuned"],
+            "candidates": json.loads((out / "cpu-tune.json").read_text())["rows"],
+            "latency": {k: {m: round(v[m], 3) for m in ("p50_ms", "p90_ms", "mean_ms")} for k, v in lat.items()},
+            "accuracy": acc}
+
+
+def table(results: list[dict[str, Any]], cpu: dict[str, Any]) -> str:
+    """The README table: chosen vs baselines, p50, ratio to the fastest baseline, drops on val and 0001TP."""
+    lines = ["# `--target cpu` against the library defaults (issue 15)", "",
+             f"CPU: {cpu.get('model')} ({cpu.get('arch')}, {cpu.get('cores_available')} cores). One rotating-block "
+             "timing run per model (inference alone, p50), nothing else running. Calibration: CamVid train without "
+             "the dusk drive 0001TP; choice on CamVid val (alternate frames); drops vs the FP32 ONNX on all 101 val "
+             "frames and on 0001TP (held out by sequence).", "",
+             "| model | row | p50 ms | × fastest baseline | drop val pt | drop 0001TP pt |", "|---|---|---|---|---|---|"]
+    for r in results:
+        base = min(v["p50_ms"] for k, v in r["latency"].items() if k.endswith("-defaults"))
+        for name, v in r["latency"].items():
+            a = r["accuracy"]
+            lines.append(f"| {r['model']} | {name} | {v['p50_ms']:.2f} | {v['p50_ms'] / base:.2f} | "
+                         f"{a['val'][name]['drop_pt']:+.2f} | {a['0001TP'][name]['drop_pt']:+.2f} |")
+        lines.append(f"| {r['model']} | tuning wall time | {r['tuning_seconds']:.0f} s | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run both models and write the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/camvid"))
+    ap.add_argument("--models", default="topformer-t,b0")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=HERE)
+    a = ap.parse_args()
+    from segedge.doctor import cpu_report
+
+    with tempfile.TemporaryDirectory(prefix="cpu-tune-", dir="bench-out") as td:
+        results = [run_model(m, a.data, Path(td), a.iters) for m in a.models.split(",")]
+    a.out.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_report()
+    (a.out / "cpu-tune.json").write_text(json.dumps({"cpu": cpu, "results": results}, indent=1, default=str) + "\n")
+    (a.out / "README.md").write_text(table(results, cpu))
+    print(table(results, cpu))
+
+
+if __name__ == "__main__":
+    main()
