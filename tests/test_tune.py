@@ -178,11 +178,20 @@ def test_tune_cli_adds_cpu_to_an_existing_folder(tmp_path: Path) -> None:
     (["export", "--model", "topformer-t", "--target", "onnx", "--cpu-iters", "3"], "--cpu-iters applies to"),
     (["tune", "{tmp}/nope", "--val", "{tmp}"], "export folder not found"),
 ])
-def test_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], needle: str) -> None:
+    import signal
+
+    from segedge.cli import main
+
     out = ["--out", str(tmp_path / "o")] if args[0] == "export" else []
-    r = _segedge(*[a.format(tmp=tmp_path) for a in args], *out, cwd=REPO)
-    err = r.stderr.strip()
-    assert r.returncode == 2 and "\n" not in err and needle in err, err
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own
+    try:
+        with pytest.raises(SystemExit) as ei:
+            main([*[a.format(tmp=tmp_path) for a in args], *out])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err.strip()
+    assert ei.value.code == 2 and "\n" not in err and needle in err, err
     assert not (tmp_path / "o").exists()
 
 
