@@ -208,3 +208,26 @@ def test_precision_hint_choice() -> None:
     # with labelled frames the mIoU drop decides, against the budget
     lab = {"f32": {**f32, "drop_pt": 0.0}, "bf16": {"p50_ms": 6.0, "argmax_agreement": far, "drop_pt": 0.2}}
     assert pick_hint(lab, 0.3)[0] == "bf16" and pick_hint(lab, 0.1)[0] == "f32"
+
+
+@pytest.mark.slow
+def test_openvino_int8_budget_searches_the_nncf_presets(tmp_path: Path) -> None:
+    """openvino-int8 --max-miou-drop: every NNCF preset with and without islands is measured; the fastest within
+    budget is staged and the manifest records the search (drops on both halves, latency, CPU)."""
+    from conftest import write_camvid_like
+
+    from segedge.export import ExportOptions, export_model
+
+    data = write_camvid_like(tmp_path / "camvid")
+    res = export_model(ExportOptions("topformer-t", targets=["openvino-int8"], input_size=(128, 128),
+                                     calib=str(data / "train"), val=data, verify_frames=1, out=tmp_path / "o",
+                                     max_miou_drop=0.3, target_options={"ov_precision": "f32"}))
+    e = res.manifest["targets"]["openvino-int8"]
+    b = e["quantization"]["budget"]
+    names = {c["name"].split("/")[0] for c in b["candidates"]}
+    assert names == {f"ov-int8-{p}{i}" for p in ("performance", "mixed", "mixed-transformer") for i in ("", "-islands")}
+    assert all("/f32/" in c["name"] for c in b["candidates"])  # --ov-precision f32 restricts the hints
+    chosen = next(c for c in b["candidates"] if c["name"].startswith(b["recipe"] + "/"))
+    assert chosen["drop_pt"] <= 0.3 and b["budget_set"]["chosen"]["drop_pt"] == chosen["drop_pt"]
+    assert e["inference_precision_hint"] == "f32" and b["latency"]["cpu"]["model"]
+    assert e["quantization"]["preset"] == b["recipe"].split("-")[2]

@@ -30,6 +30,7 @@ class TuneSettings:
     threads: str | None = None  # --cpu-threads
     iters: int = DEFAULT_ITERS
     block: int = DEFAULT_BLOCK
+    hints: tuple[str, ...] | None = None  # OpenVINO hints to try (None: every one the CPU supports)
 
 
 @dataclass
@@ -75,7 +76,8 @@ def _recipes(ctx: Any, settings: TuneSettings, notes: list[str]) -> list[cands_.
     for name, why in (("openvino", ov_why), ("nncf", nncf_why)):
         if why:
             notes.append(f"cpu: no {name} candidates ({why})")
-    hints = cands_.openvino_hints() if not ov_why else ()
+    hints = tuple(h for h in cands_.openvino_hints() if settings.hints is None or h in settings.hints) \
+        if not ov_why else ()
     every = cands_.recipes(str(ctx.manifest.contract.family or ""), cands_.family_has_islands(ctx), not ov_why,
                            not (ov_why or nncf_why), hints)
     return cands_.select_recipes(every, settings.patterns)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ...errors import ExportError, first_line
 from . import TargetSpec, register_target
@@ -42,14 +42,15 @@ def count_fake_quantize(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
-def kept_float_nodes(model: Any, patterns: list[str]) -> list[str]:
-    """Names of the weighted ops (Convolution/MatMul) the ignored-scope patterns kept float."""
+def kept_float_nodes(model: Any, patterns: list[str], names: Sequence[str] = ()) -> list[str]:
+    """Names of the weighted ops (Convolution/MatMul) the ignored scope (patterns, exact names) kept float."""
     import re
 
     rx = [re.compile(p) for p in patterns]
+    exact = set(names)
     return sorted(op.get_friendly_name() for op in model.get_ops()
                   if op.get_type_name() in ("Convolution", "MatMul", "GroupConvolution")
-                  and any(r.fullmatch(op.get_friendly_name()) for r in rx))
+                  and (op.get_friendly_name() in exact or any(r.fullmatch(op.get_friendly_name()) for r in rx)))
 
 
 @contextlib.contextmanager
@@ -105,22 +106,68 @@ def quantize_ov(ctx: ExportContext, model: Any, settings: dict[str, Any]) -> Any
                           "written: try more --calib frames or report the model/options") from e
 
 
+def budgeted(ctx: ExportContext) -> tuple[Any, dict[str, Any], str, dict[str, Any]]:
+    """--max-miou-drop: (model, settings, hint, budget record): every NNCF preset, with and without the family's float
+    islands, on every allowed hint, measured on the budget half of --val and timed here (segedge.tune); the fastest
+    within budget wins."""
+    from ...tune.candidates import thread_counts
+    from ...tune.run import TuneSettings, tune
+
+    wanted = str(ctx.option("ov_precision"))
+    res = tune(ctx, TuneSettings(budget_pp=float(ctx.options.max_miou_drop), patterns="ov-int8-*",
+                                 threads=str(max(thread_counts())), hints=None if wanted == "auto" else (wanted,)))
+    rep, c = res.report, res.chosen
+    row = next(r for r in rep["rows"] if r["name"] == c.name)
+    default = next((r for r in rep["rows"] if r["recipe"] == _default_recipe(str(ctx.manifest.contract.family or ""))
+                    and r["hint"] == c.hint), None)
+    summary = res.built.summary
+    islands = [*summary.get("float_groups", []), *(f"pattern {p}" for p in summary.get("ignored_patterns", []))] \
+        if c.recipe.param("islands") else []
+    record = {"max_miou_drop_pt": rep["budget_pp"], "met": True, "recipe": c.recipe.name, "why": rep["choice"]["why"],
+              "search": "every NNCF preset (performance, mixed, mixed + transformer) with and without the family's "
+                        "float islands, on each precision hint, measured on the budget set and timed here; the "
+                        "fastest within budget",
+              "float_islands": [{"group": g} for g in islands],
+              "budget_set": {"frames": rep["frames"]["budget"], "chosen": {"drop_pt": row["drop_pt"]},
+                             "default": {"drop_pt": default["drop_pt"]} if default else None},
+              "held_back_set": {"frames": rep["frames"]["held_back"], "chosen": {"drop_pt": row["held_back_drop_pt"]},
+                                "default": {"drop_pt": default["held_back_drop_pt"]} if default else None},
+              "latency": {"chosen_ms": row["p50_ms"], "default_ms": default["p50_ms"] if default else None,
+                          "threads": c.threads, "cpu": rep["cpu"]},
+              "candidates": [{k: r[k] for k in ("name", "p50_ms", "drop_pt", "held_back_drop_pt")} for r in rep["rows"]]}
+    settings = {k: res.built.summary.get(k) for k in ("preset", "model_type", "ignored_patterns", "ignored_names")}
+    return res.built.model, settings, str(c.hint), record
+
+
+def _default_recipe(family: str) -> str:
+    """The tune recipe name of the family's default settings (nncf_settings)."""
+    s = nncf_settings(family)
+    return f"ov-int8-{s['preset']}" + (f"-{s['model_type']}" if s["model_type"] else "") + (
+        "-islands" if s["ignored_patterns"] else "")
+
+
 def build(ctx: ExportContext) -> TargetArtifact:
     """Quantize the FP32 IR with NNCF, check it with OpenVINO against PyTorch, stage model.int8.xml/.bin."""
     import nncf
 
     family = str(ctx.manifest.contract.family or "")
-    settings = nncf_settings(family)
-    qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
+    budget = None
+    if ctx.options.max_miou_drop is not None:
+        qmodel, settings, hint, budget = budgeted(ctx)
+    else:
+        settings = nncf_settings(family)
+        qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
     frames = ctx.frames
-    hint, verification, choice = verify_ir(ctx, qmodel, "openvino-int8")
+    hint, verification, choice = verify_ir(ctx, qmodel, "openvino-int8", hint if budget else None)
     entry = {
         "precision": "int8", "runtime": "openvino", "inference_precision_hint": hint,
         **({"precision_choice": choice} if choice else {}),
         "openvino_version": openvino_version(), "nncf_version": str(nncf.__version__),
         "quantization": {"tool": "nncf.quantize (post-training)", **settings, "subset_size": len(frames),
                          "fake_quantize_nodes": count_fake_quantize(qmodel),
-                         "kept_float_nodes": kept_float_nodes(qmodel, settings["ignored_patterns"]),
+                         "kept_float_nodes": kept_float_nodes(qmodel, settings["ignored_patterns"],
+                                                              settings.get("ignored_names") or ()),
+                         **({"budget": budget} if budget else {}),
                          "keep_float": "NNCF defaults plus ignored_patterns (--keep-float applies to the ONNX INT8 targets only)"},
         "calibration": {"source": frames.source, "source_kind": frames.kind, "count": len(frames),
                         "method": "nncf-ptq", "seed": ctx.options.calib_seed, "source_sha256": frames.sha256,

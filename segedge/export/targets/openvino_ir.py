@@ -120,12 +120,14 @@ def _check_hint(ctx: ExportContext, model: Any, name: str, hint: str) -> tuple[C
     return run, res
 
 
-def verify_ir(ctx: ExportContext, model: Any, name: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """(hint, verification, choice): the IR checked with the requested hint, or with each hint the CPU supports and
-    the fastest within budget chosen (`--ov-precision auto`, segedge.tune.hints; `choice` records why)."""
+def verify_ir(ctx: ExportContext, model: Any, name: str, hint: str | None = None
+              ) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """(hint, verification, choice): the IR checked with `hint` (already chosen, e.g. by the budget search) or the
+    requested one, or with each hint the CPU supports and the fastest within budget chosen (`--ov-precision auto`,
+    segedge.tune.hints; `choice` records why)."""
     if ctx.verify_with is None:  # pragma: no cover - the pipeline always provides it
         raise ExportError("this export pipeline cannot check non-ONNX targets (ExportContext.verify_with is unset)")
-    wanted = requested_hint(ctx)
+    wanted = hint or requested_hint(ctx)
     if wanted != "auto":
         return wanted, _check_hint(ctx, model, name, wanted)[1], None
     from ...tune.candidates import openvino_hints
