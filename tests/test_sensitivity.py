@@ -205,7 +205,7 @@ def test_export_negative_budget_is_one_line(tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--target", "openvino-int8"], "--target must be one of"),
+    (["--target", "coreml-w8a8"], "--target must be one of"),
     (["--target", "qdq", "--group-by", "layer"], "--group-by"),
     (["--target", "qdq"], "not an export folder"),
 ])
@@ -262,3 +262,39 @@ def test_family_default_float_groups_apply_unless_quantize_all(tmp_path_factory:
     assert "Conv" in {k.op for k in family} <= {"Conv", "Add"}  # its convs and the residual Adds between them
     kept_all, _ = default_kept_float(ctx(True), "qdq", TENSORRT)
     assert not any("tpm.s1" in k.reason for k in kept_all)
+
+
+@pytest.mark.slow
+def test_openvino_int8_sensitivity_bypasses_fake_quantize_per_group(tmp_path: Path) -> None:
+    """openvino-int8: one NNCF run; every FakeQuantize maps to a node group, a variant bypasses exactly its groups'
+    ones, and the report (shared format) is written into the export folder."""
+    import numpy as np
+    from conftest import write_camvid_like
+
+    from segedge.contract import Manifest
+    from segedge.export import ExportOptions, export_model
+    from segedge.export.sensitivity import export_sensitivity
+    from segedge.export.sensitivity_openvino import bypassed
+
+    data = write_camvid_like(tmp_path / "camvid")
+    out = tmp_path / "exp"
+    export_model(ExportOptions("topformer-t", targets="openvino-int8", input_size=(128, 128),
+                               calib=str(data / "train"), verify_frames=1, out=out,
+                               target_options={"ov_precision": "f32"}))
+    rep = export_sensitivity(out, "openvino-int8", data, val_count=2)
+    assert rep["flavour"] == "nncf-performance" and rep["inference_precision_hint"] == "f32"
+    groups = {r["group"]: r for r in rep["groups"]}
+    assert {"tpm.s1", "trans.b0", "head"} <= set(groups)
+    assert all(r["leave_out"]["latency_ms"] > 0 for r in rep["groups"])
+    assert {p.name for p in out.iterdir()} >= {"sensitivity.openvino-int8.json", "sensitivity.openvino-int8.png"}
+    # the bypass itself: FakeQuantize ops named go away, the others stay
+    import nncf
+    import openvino as ov
+
+    m = ov.convert_model(str(out / "model.onnx"))
+    rng = np.random.default_rng(0)
+    q = nncf.quantize(m, nncf.Dataset([rng.random((1, 3, 128, 128), np.float32) for _ in range(2)]), subset_size=2)
+    fqs = [o.get_friendly_name() for o in q.get_ops() if o.get_type_name() == "FakeQuantize"]
+    left = [o for o in bypassed(q, fqs[:3]).get_ops() if o.get_type_name() == "FakeQuantize"]
+    assert len(left) == len(fqs) - 3 and len(fqs) == sum(r["nodes"] for r in rep["groups"])
+    assert Manifest.read(out).targets["openvino-int8"]  # the export itself is untouched

@@ -14,8 +14,8 @@ quantize_app = typer.Typer(help="INT8 analysis of an export folder (sensitivity 
 @quantize_app.command("sensitivity")
 def sensitivity_cmd(
     export_dir: Path = typer.Argument(..., help="Export folder with model.onnx and a calibration table."),
-    target: str = typer.Option(..., "--target", "-t", help="INT8 flavour to analyse: ort-int8 or qdq (the TensorRT "
-                                                           "graph, which trt-int8 is built from)."),
+    target: str = typer.Option(..., "--target", "-t", help="INT8 flavour to analyse: ort-int8, qdq (the TensorRT "
+                                                           "graph, which trt-int8 is built from) or openvino-int8."),
     val: Path = typer.Option(..., "--val", help="Labelled dataset folder (e.g. CamVid) to measure mIoU on."),
     val_count: Optional[int] = typer.Option(None, "--val-count", min=1, help="Labelled frames to use (default: all)."),
     group_by: str = typer.Option("block", "--group-by", help="block (model-family blocks) | op (op types)."),
@@ -29,8 +29,7 @@ def sensitivity_cmd(
     from . import echo_json, err_console
 
     if target not in SENSITIVITY_TARGETS:
-        raise SegedgeError(f"--target must be one of {', '.join(SENSITIVITY_TARGETS)}, got '{target}' (openvino-int8 "
-                           "has its own ignored scope; not analysed yet)")
+        raise SegedgeError(f"--target must be one of {', '.join(SENSITIVITY_TARGETS)}, got '{target}'")
     check_group_by(group_by)
     if not val.is_dir():
         raise SegedgeError(f"--val folder not found: {val}; pass a labelled dataset folder")

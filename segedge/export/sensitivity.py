@@ -42,7 +42,7 @@ from .quantize import (TENSORRT, KeptFloat, QuantFlavour, ort_cpu_flavour, quant
                        select_kept_float)
 
 GROUP_BYS = ("block", "op")
-SENSITIVITY_TARGETS = ("ort-int8", "qdq")
+SENSITIVITY_TARGETS = ("ort-int8", "qdq", "openvino-int8")
 BUDGET_TARGETS = ("ort-int8", "qdq", "trt-int8")
 REPORT_FORMAT = "segedge-int8-sensitivity/1"
 LATENCY_RUNS = 10
@@ -317,20 +317,25 @@ def run_logits(model: Any, frames: LabelledSet, threads: int = 1) -> list[np.nda
     return [np.asarray(sess.run(None, {input_name: x})[out_names.index(name)], np.float32)[0] for x in frames.inputs]
 
 
+def median_ms(call: Callable[[], Any], runs: int = LATENCY_RUNS) -> float:
+    """Median wall time of `call()` in ms, after two warm-up calls."""
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
 def latency_ms(model: Any, x: np.ndarray, threads: int = 1, runs: int = LATENCY_RUNS) -> float:
     """Median ONNX Runtime CPU latency of one input, in ms, after two warm-up runs."""
     from .verify import ort_session
 
     sess = ort_session(model, threads=threads)
     feed = {sess.get_inputs()[0].name: x}
-    for _ in range(2):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+    return median_ms(lambda: sess.run(None, feed), runs)
 
 
 def miou_of(logits: Sequence[np.ndarray], frames: LabelledSet, num_classes: int) -> float:
@@ -688,20 +693,21 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
     import onnx
 
     from ..data.datasets import open_labelled_folder
-    from .pipeline import _make_input, _pre_quant
+    from .pipeline import _pre_quant
 
     folder, say = Path(folder), progress or (lambda msg: None)
     check_group_by(group_by)
     if not (folder / "manifest.json").is_file():
         raise SegedgeError(f"{folder} is not an export folder (no manifest.json); pass the folder `segedge export` "
                            "wrote")
+    if target == "openvino-int8":
+        return _openvino_sensitivity(folder, val, val_count, group_by, threads, say, write)
     manifest, fp32, table, scope = _export_inputs(folder, target)
     c = manifest.contract
     flavour = target_flavour(target, str(c.family or ""), scope if target == "ort-int8" else "auto")
     ds = open_labelled_folder(val, c.num_classes)
     n = len(ds) if val_count is None else min(int(val_count), len(ds))
-    make = lambda f: _make_input(f, c.input.size, c.input.io == "raw", c.input.color_order, c.input.mean,  # noqa
-                                 c.input.std)
+    make = _input_maker(c)
     say(f"reading {n} labelled frames")
     frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
     with tempfile.TemporaryDirectory(prefix="segedge-sensitivity-") as td:
@@ -717,10 +723,52 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
 
     report.update(target=target, group_by=group_by, export=portable_path(folder), model=c.model, family=c.family,
                   val=portable_path(val), calibration=table.summary(), threads=threads)
-    if meter.latency:
+    return _finish(report, folder, target, meter.latency, write)
+
+
+def _finish(report: dict[str, Any], folder: Path, target: str, latency: bool, write: bool) -> dict[str, Any]:
+    """The CPU when latency was measured; the report files written into the export folder."""
+    if latency:
         from ..doctor import cpu_report
 
         report["cpu"] = cpu_report()
     if write:
         report["files"] = [p.name for p in write_report(folder, target, report)]
     return report
+
+
+def _input_maker(c: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """BGR frame → model input batch, per the contract `c`."""
+    from .pipeline import _make_input
+
+    return lambda f: _make_input(f, c.input.size, c.input.io == "raw", c.input.color_order, c.input.mean, c.input.std)
+
+
+def _openvino_sensitivity(folder: Path, val: str | Path, val_count: int | None, group_by: str, threads: int,
+                          say: Callable[[str], None], write: bool) -> dict[str, Any]:
+    """export_sensitivity for openvino-int8: one NNCF run, FakeQuantize bypass per variant (sensitivity_openvino)."""
+    import onnx
+
+    from ..benchmarks.targets import portable_path
+    from ..contract import Manifest
+    from ..data.datasets import open_labelled_folder
+    from .sensitivity_openvino import openvino_meter
+
+    manifest = Manifest.read(folder)
+    if "onnx" not in manifest.targets:
+        raise SegedgeError(f"{folder} has no FP32 ONNX (target onnx); re-export it with `segedge export`")
+    c = manifest.contract
+    ds = open_labelled_folder(val, c.num_classes)
+    n = len(ds) if val_count is None else min(int(val_count), len(ds))
+    make = _input_maker(c)
+    say(f"reading {n} labelled frames")
+    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    fp32_onnx = onnx.load(str(folder / manifest.targets["onnx"].file))
+    meter = openvino_meter(folder, manifest, fp32_onnx, frames, group_by, threads, make, say)
+    report = sensitivity(meter, "val")  # type: ignore[arg-type] - the meter has VariantMeter's interface
+    report.update(target="openvino-int8", group_by=group_by, export=portable_path(folder), model=c.model,
+                  family=c.family, val=portable_path(val), threads=threads, inference_precision_hint=meter.hint,
+                  calibration=manifest.targets["openvino-int8"].calibration,
+                  method="one NNCF run; each variant bypasses the float groups' FakeQuantize ops (their weights keep "
+                         "their int8 rounding)")
+    return _finish(report, folder, "openvino-int8", meter.latency, write)
