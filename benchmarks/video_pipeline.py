@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, help="export folder (default: the demo TopFormer-T, exported if needed)")
     ap.add_argument("--target", default=None)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
+    ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime: idle intra-op threads sleep, not spin")
     ap.add_argument("--frames", type=int, default=1000, help="frames of the generated 360x480 clip")
     ap.add_argument("--rounds", type=int, default=2, help="sequential / pipelined alternations")
     ap.add_argument("--queue-size", type=int, default=4)
@@ -153,7 +154,7 @@ def main() -> None:
         from segedge.commands.run import resolve_model
 
         folder = resolve_model("topformer-t", a.target, lambda m: print(m, file=sys.stderr))
-    seg = Segmenter.load(folder, target=a.target, threads=a.threads)
+    seg = Segmenter.load(folder, target=a.target, threads=a.threads, **({"spinning": False} if a.no_spin else {}))
     renderer = Renderer(seg.palette, seg.class_names, "overlay")
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", a.frames)
@@ -197,7 +198,7 @@ def main() -> None:
               "MB", file=sys.stderr)
     seg.close()
     result = {
-        "model": repr(seg), "folder": str(folder), "threads": a.threads, "clip": {"frames": a.frames,
+        "model": repr(seg), "folder": str(folder), "threads": a.threads, "spinning": not a.no_spin, "clip": {"frames": a.frames,
                                                                                  "size": [360, 480]},
         "machine": {"python": platform.python_version(), **cpu_report()},
         "pure_inference": infer,

@@ -162,3 +162,12 @@ def test_concurrent_calls_match_single_thread(seg: Segmenter) -> None:
     for t in threads:
         t.join()
     assert not errors and not mismatches, (errors[:3], len(mismatches))
+
+
+def test_onnxruntime_spinning_option_keeps_the_outputs(folder: Path) -> None:
+    """spinning=False (idle intra-op threads sleep: for pipelines sharing the CPU) changes scheduling, not results."""
+    frame = _frames(1)[0]
+    with Segmenter.load(folder / "export", target="onnx", threads=2) as a, \
+            Segmenter.load(folder / "export", target="onnx", threads=2, spinning=False) as b:
+        assert a.backend.describe()["spinning"] is None and b.backend.describe()["spinning"] is False
+        assert np.array_equal(a.logits(frame), b.logits(frame))

@@ -45,13 +45,18 @@ class OnnxRuntimeBackend(Backend):
     toolkit = "onnxruntime"
 
     def __init__(self, model: Any, threads: int | None = None, providers: Sequence[str] | None = None,
-                 description: dict[str, Any] | None = None) -> None:
+                 description: dict[str, Any] | None = None, spinning: bool | None = None) -> None:
+        """`spinning=False` lets idle intra-op threads sleep instead of spin-waiting for the next parallel section:
+        slower alone, but it leaves the cores to the other stages of a pipeline sharing the CPU."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = int(threads)
+        if spinning is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
         providers = _check_providers(providers, ort.get_available_providers())
         src = model.SerializeToString() if hasattr(model, "SerializeToString") else (
             bytes(model) if isinstance(model, (bytes, bytearray)) else str(model))
@@ -74,7 +79,7 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, **options: Any) -> "OnnxRuntimeBackend":
         """Load an .onnx file and its segedge metadata_props (read through the session: no second parse)."""
-        backend = cls(str(path), threads=threads, providers=options.get("providers"))
+        backend = cls(str(path), threads=threads, providers=options.get("providers"), spinning=options.get("spinning"))
         meta = decode_metadata(backend.session.get_modelmeta().custom_metadata_map)
         backend.description = meta if describes_model(meta) else None
         return backend
@@ -95,4 +100,4 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "providers": self.session.get_providers() if self.session else [],
-                "threads": self.threads}
+                "threads": self.threads, "spinning": self.spinning}
