@@ -29,7 +29,6 @@ from ..errors import SegedgeError
 
 ORT_SCOPES = ("conv", "all")
 NNCF_SCHEMES = (("performance", None), ("mixed", None), ("mixed", "transformer"))
-WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -188,18 +187,13 @@ def build_ort(ctx: Any, recipe: Recipe) -> Built:
 
 def nncf_islands(ctx: Any) -> dict[str, Any]:
     """NNCF ignored scope for `-islands`: the family's node patterns plus the weighted nodes of its float groups."""
-    from ..export.sensitivity import FAMILY_FLOAT_GROUPS, node_groups
-    from ..export.targets.openvino_int8 import nncf_settings
+    from ..export.sensitivity import FAMILY_FLOAT_GROUPS
+    from ..export.targets.openvino_int8 import family_ignored_names, nncf_settings
 
     contract = ctx.manifest.contract
     family = str(contract.family or "")
-    model = ctx.fp32_model
-    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
-    groups = node_groups(model, family, "block", weighted, contract.model) if FAMILY_FLOAT_GROUPS.get(family) else {}
-    names = sorted(n for g in FAMILY_FLOAT_GROUPS.get(family, ()) for n in groups.get(g, []))
-    # OpenVINO names a biased Conv's convolution "<onnx name>/WithoutBiases": both forms are ignored.
     return {"ignored_patterns": list(nncf_settings(family)["ignored_patterns"]),
-            "ignored_names": [*names, *(f"{n}/WithoutBiases" for n in names)],
+            "ignored_names": family_ignored_names(ctx.fp32_model, family, contract.model),
             "float_groups": list(FAMILY_FLOAT_GROUPS.get(family, ()))}
 
 

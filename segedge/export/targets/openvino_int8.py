@@ -7,7 +7,10 @@ it fits) with the MIXED preset (symmetric weights, asymmetric activations), and 
 spatial-reduction convs (8×8, stride 8) float: measured on the CamVid demo B0 over all 101 val frames, quantizing
 those two convs alone costs 0.9 pt mIoU (58.04 vs 58.94 %), keeping them float gives −0.03…+0.04 pt across
 calibration seeds and frame counts, at 82 instead of 84 FakeQuantize ops. CNNs (TopFormer) use the PERFORMANCE
-preset. NNCF collects its own statistics: the ONNX calibration table (and `--calib-method`, `--keep-float`,
+preset. Both keep the family's default float groups (sensitivity.FAMILY_FLOAT_GROUPS, the ONNX INT8 targets'
+islands) out of NNCF's scope: calibrated without the dusk drive 0001TP, TopFormer-T lost +0.68…+1.27 pt on that drive
+(three seeds) with `tpm.s1` quantized and +0.05 with it float, val unchanged (benchmarks/calibration_methods.py,
+results/calibration/). NNCF collects its own statistics: the ONNX calibration table (and `--calib-method`, `--keep-float`,
 `--quantize-all`) apply to the ONNX INT8 targets only. The result is checked with OpenVINO against PyTorch like
 every INT8 target: recorded, not enforced.
 """
@@ -28,6 +31,20 @@ FILENAME = "model.int8.xml"
 
 # Node-name patterns (OpenVINO names come from the ONNX node names) kept float per family: see module docstring.
 SEGFORMER_KEEP_FLOAT = (r".*block1\.\d+/attn/sr/Conv.*",)
+
+
+def family_ignored_names(onnx_model: Any, family: str, model_name: str | None) -> list[str]:
+    """OpenVINO names of the weighted ops in the family's default float groups (sensitivity.FAMILY_FLOAT_GROUPS, the
+    ONNX INT8 targets' islands): OpenVINO names a biased Conv's convolution "<onnx name>/WithoutBiases", so both."""
+    from ..sensitivity import FAMILY_FLOAT_GROUPS, node_groups
+
+    wanted = FAMILY_FLOAT_GROUPS.get(family, ())
+    if not wanted:
+        return []
+    weighted = [n for n in onnx_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    groups = node_groups(onnx_model, family, "block", weighted, model_name)
+    names = sorted(n for g in wanted for n in groups.get(g, []))
+    return [*names, *(f"{n}/WithoutBiases" for n in names)]
 
 
 def nncf_settings(family: str) -> dict[str, Any]:
@@ -140,10 +157,12 @@ def budgeted(ctx: ExportContext) -> tuple[Any, dict[str, Any], str, dict[str, An
 
 
 def _default_recipe(family: str) -> str:
-    """The tune recipe name of the family's default settings (nncf_settings)."""
+    """The tune recipe name of the family's default settings (nncf_settings + the family float groups)."""
+    from ..sensitivity import FAMILY_FLOAT_GROUPS
+
     s = nncf_settings(family)
     return f"ov-int8-{s['preset']}" + (f"-{s['model_type']}" if s["model_type"] else "") + (
-        "-islands" if s["ignored_patterns"] else "")
+        "-islands" if s["ignored_patterns"] or FAMILY_FLOAT_GROUPS.get(family) else "")
 
 
 def build(ctx: ExportContext) -> TargetArtifact:
@@ -155,7 +174,9 @@ def build(ctx: ExportContext) -> TargetArtifact:
     if ctx.options.max_miou_drop is not None:
         qmodel, settings, hint, budget = budgeted(ctx)
     else:
-        settings = nncf_settings(family)
+        contract = ctx.manifest.contract
+        settings = {**nncf_settings(family),
+                    "ignored_names": family_ignored_names(ctx.fp32_model, family, contract.model)}
         qmodel = quantize_ov(ctx, fp32_model(ctx), settings)
     frames = ctx.frames
     hint, verification, choice = verify_ir(ctx, qmodel, "openvino-int8", hint if budget else None)
