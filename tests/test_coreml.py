@@ -201,26 +201,39 @@ def test_b0_w8a8_raw_io(b0_w8a8_raw: tuple[Path, Manifest]) -> None:
     assert entry.verification["label_output_agreement"] > 0.85
 
 
-def test_w8a8_calibration_keeps_the_islands_float() -> None:
-    """Calibration alone (no conversion): ranges come from the frames, kept modules stay float convs."""
-    from torch.ao.nn.quantized.reference import Conv2d as QConv2d
-
+def _tt_w8a8_inputs() -> tuple[Any, list[torch.Tensor], dict[str, str]]:
+    """(TopFormer-T's converted module, three 64×64 image-space inputs, its float modules)."""
     from segedge.export.coreml_convert import prepare_module, to_image_space
-    from segedge.export.coreml_w8a8 import calibrate, float_modules, image_batches
+    from segedge.export.coreml_w8a8 import float_modules
 
-    model = _tt_model()
     torch.manual_seed(0)
     x = torch.randn(3, 3, 64, 64)
-    pm, image, _ = prepare_module(model, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "RGB", labels=False,
-                                  upsample=False, example=x[:1])
-    keep = float_modules(pm, "topformer", "topformer-t")
+    pm, image, _ = prepare_module(_tt_model(), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "RGB",
+                                  labels=False, upsample=False, example=x[:1])
+    return pm, [to_image_space(x[i:i + 1], image) for i in range(3)], float_modules(pm, "topformer", "topformer-t")
+
+
+def test_w8a8_calibration_keeps_the_islands_float() -> None:
+    """Calibration alone (no conversion): ranges come from the frames, kept modules stay float convs, and nothing
+    inside the float block tpm.s1 reads a quantized activation (only the quantized conv after it does)."""
+    from torch.ao.nn.quantized.reference import Conv2d as QConv2d
+
+    from segedge.export.coreml_w8a8 import calibrate, image_batches
+
+    pm, images, keep = _tt_w8a8_inputs()
     assert keep["model.decode_head.conv_seg"] == "final classifier conv"
     assert keep["model.backbone.tpm.stem.0.c"] == "family default float group tpm.s1"
-    images = [to_image_space(x[i:i + 1], image) for i in range(3)]
+    blocks = [n for n, why in keep.items() if why.endswith("activations included)")]
+    assert blocks == ["model.backbone.tpm.stem"] + [f"model.backbone.tpm.layer{i}" for i in (1, 2, 3)]
     qmodel, summary = calibrate(pm, image_batches(images, 2), keep)
     mods = dict(qmodel.named_modules())
-    assert all(type(mods[n]) is torch.nn.Conv2d for n in keep)
+    assert all(type(mods[n]) is torch.nn.Conv2d for n in keep if n not in blocks)
     assert sum(isinstance(m, QConv2d) for m in mods.values()) == summary["quantized_layers"] > 20
+    assert summary["activations"].startswith("uint8, affine")
+    dequantized = {u.target for n in qmodel.graph.nodes if n.op == "call_method" and n.target == "dequantize"
+                   for u in n.users if u.op == "call_module"}
+    assert "model.backbone.tpm.layer4.conv.0.c" in dequantized  # the block's output, where a quantized conv reads it
+    assert not [t for t in dequantized if t.startswith(tuple(b + "." for b in blocks))]
     with torch.no_grad():
         ref, got = pm.logits(images[0]), qmodel(images[0])
         loud = qmodel(images[0] * 8)  # far outside the calibrated ranges: clipped, so far from the float model
@@ -229,6 +242,35 @@ def test_w8a8_calibration_keeps_the_islands_float() -> None:
     with torch.no_grad():
         assert float((loud - pm.logits(images[0] * 8)).abs().max()) > float((got - ref).abs().max())
     assert not any(getattr(m, "export_mode", False) for m in pm.modules())  # the caller's module is untouched
+
+
+def test_w8a8_refuses_a_leaky_float_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naming only a block's convolutions float (the old config) lets coremltools quantize the activations between
+    them: calibration refuses it in one line instead of exporting a silently quantized island."""
+    from segedge.export import coreml_w8a8
+    from segedge.export.coreml_w8a8 import calibrate, image_batches
+
+    pm, images, keep = _tt_w8a8_inputs()
+    config = coreml_w8a8._config
+    monkeypatch.setattr(coreml_w8a8, "_config", lambda names, scheme: config(
+        [n for n in names if not keep[n].endswith("activations included)")], scheme))
+    with pytest.raises(ExportError, match=r"quantized modules meant to stay float \(model\.backbone\.tpm\.") as e:
+        calibrate(pm, image_batches(images, 2), keep)
+    assert "\n" not in str(e.value)
+
+
+def test_w8a8_scheme_follows_the_family() -> None:
+    """TopFormer calibrates affine activations, SegFormer symmetric ones (measured per family); a bad scheme is one
+    line."""
+    from segedge.export.coreml_convert import PackageModule
+    from segedge.export.coreml_w8a8 import calibrate, scheme_for
+    from segedge.models import create_model
+
+    pm, images, keep = _tt_w8a8_inputs()
+    b0 = PackageModule(create_model("b0", num_classes=4), "RGB", labels=False, upsample=False)
+    assert (scheme_for(pm), scheme_for(b0)) == ("affine", "symmetric")
+    with pytest.raises(ExportError, match="unknown W8A8 quantization scheme 'asym'; use one of affine, symmetric"):
+        calibrate(pm, images, keep, scheme="asym")
 
 
 @pytest.mark.slow
