@@ -79,12 +79,12 @@ def run_model(model: str, size: str, data: str, targets: list[str], palettize: l
 def dusk_pairs(data: str) -> tuple[list[Any], list[str]]:
     """(frame, label) pairs of the dusk drive 0001TP in CamVid train, minus the 32 calibration frames; their names."""
     from segedge.data.datasets import open_dataset
+    from segedge.data.splits import CAMVID_DUSK, held_out_by_sequence
     from segedge.export.calibration import load_calibration_frames
 
-    calib = {Path(n).name for n in load_calibration_frames(str(Path(data) / "train")).names}
+    calib = load_calibration_frames(str(Path(data) / "train")).names
     ds = open_dataset("camvid", Path(data), "train")
-    idx = [i for i, s in enumerate(ds.samples) if s.image_path.name.startswith("0001TP") and
-           s.image_path.name not in calib]
+    idx = held_out_by_sequence(ds, CAMVID_DUSK, calib)
     return [ds[i] for i in idx], [ds.samples[i].image_path.name for i in idx]
 
 

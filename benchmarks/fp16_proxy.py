@@ -24,6 +24,7 @@ import onnx
 
 from segedge.contract import tool_versions, utc_now
 from segedge.data.datasets import open_dataset
+from segedge.data.splits import CAMVID_DUSK, held_out_by_sequence, sequence_of
 from segedge.doctor import cpu_report
 from segedge.evaluation import evaluate_predictors
 from segedge.export.calibration import load_calibration_frames
@@ -35,14 +36,14 @@ from segedge.runtime import Segmenter
 from segedge.runtime.backends.ort import OnnxRuntimeBackend
 
 REPO = Path(__file__).resolve().parents[1]
-DUSK = "0001TP"
+DUSK = CAMVID_DUSK
 
 
 def eval_sets(root: Path, limit: int | None) -> dict[str, list[tuple[Any, int]]]:
     """{'val': …, '0001TP': …}: (dataset, sample index) pairs, read lazily frame by frame."""
     val = open_dataset("camvid", root, "val")
     train = open_dataset("camvid", root, "train")
-    dusk = [i for i, s in enumerate(train.samples) if Path(s.image_path).name.startswith(DUSK)]
+    dusk = held_out_by_sequence(train, DUSK)  # FP16 calibrates nothing on these frames: the whole drive
     sets = {"val": [(val, i) for i in range(len(val))], DUSK: [(train, i) for i in dusk]}
     return {k: v[:limit] if limit else v for k, v in sets.items()}
 
@@ -118,7 +119,7 @@ def run_model(folder: Path, data: Path, sets: dict[str, list], threads: int, cal
             k: {"miou": float(m.miou), "drop_pt": 100 * (base - float(m.miou)),
                 "agreement_vs_fp32": 1.0 if ev.agreement.get(k) is None else float(ev.agreement[k])}
             for k, m in ev.metrics.items()}}
-    calib_dusk = sum(Path(n).name.startswith(DUSK) for n in frames.names)
+    calib_dusk = sum(sequence_of(n) == DUSK for n in frames.names)
     return {"folder": folder.relative_to(REPO).as_posix() if folder.is_relative_to(REPO) else folder.name,
             "calibration": {"frames": len(frames), "source": "camvid train", "seed": 0, "sha256": frames.sha256,
                             "frames_from_0001TP": calib_dusk, "ranges_seconds": round(t_ranges, 1)},

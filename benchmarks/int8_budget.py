@@ -24,12 +24,11 @@ DEMOS = {"b0": "exports/demo-b0", "topformer-t": "exports/demo-topformer-t"}
 def dusk_set(camvid: Path, table_frames: list[str], make_input):  # noqa: ANN001, ANN201
     """0001TP train frames that were not calibration frames, as a LabelledSet."""
     from segedge.data.datasets import open_dataset
+    from segedge.data.splits import CAMVID_DUSK, held_out_by_sequence
     from segedge.export.sensitivity import labelled_set
 
     ds = open_dataset("camvid", camvid, "train")
-    calib = {Path(f).name for f in table_frames}
-    idx = [i for i, s in enumerate(ds.samples) if s.image_path.name.startswith("0001TP") and
-           s.image_path.name not in calib]
+    idx = held_out_by_sequence(ds, CAMVID_DUSK, table_frames)
     return labelled_set((ds[i] for i in idx), make_input, "dusk-0001TP", [ds.samples[i].image_path.name for i in idx])
 
 

@@ -29,7 +29,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-DUSK_DRIVE = "0001TP"
 MODELOPT_METHOD = {"minmax": "max", "entropy": "entropy"}
 
 
@@ -127,15 +126,14 @@ def labelled_sets(data: Path, calib_names: list[str], limit: int | None) -> tupl
     """({set name: (frame, label) pairs}, the val dataset): CamVid val, and the dusk drive's train frames that
     are not calibration frames."""
     from segedge.data.datasets import open_dataset
+    from segedge.data.splits import CAMVID_DUSK, held_out_by_sequence
 
     val = open_dataset("camvid", data, "val")
     train = open_dataset("camvid", data, "train")
-    skip = {Path(n).stem for n in calib_names}
-    dusk = [i for i, s in enumerate(train.samples) if Path(s.image_path).stem.startswith(DUSK_DRIVE)
-            and Path(s.image_path).stem not in skip]
+    dusk = held_out_by_sequence(train, CAMVID_DUSK, calib_names)
     n = (lambda k: k if limit is None else min(limit, k))
     return {"camvid_val": [val[i] for i in range(n(len(val)))],
-            f"dusk_{DUSK_DRIVE}": [train[i] for i in dusk[:n(len(dusk))]]}, val
+            f"dusk_{CAMVID_DUSK}": [train[i] for i in dusk[:n(len(dusk))]]}, val
 
 
 def evaluate(graphs: dict[str, Any], folder: Path, sets: dict[str, list[Any]], ds: Any,
