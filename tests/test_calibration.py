@@ -166,3 +166,27 @@ def test_table_is_cached_and_reused_then_recomputed_when_inputs_change(tf_ckpt: 
     assert set(r4.manifest["targets"]) == {"onnx", "ort-int8", "qdq"}  # still-valid INT8 artifacts carried over
     assert r4.manifest["targets"]["ort-int8"]["sha256"] == r3.manifest["targets"]["ort-int8"]["sha256"]
     assert (out / "model.int8.onnx").is_file() and (out / "model.qdq.onnx").is_file()
+
+
+def test_entropy_searches_a_threshold_rather_than_returning_min_max(tmp_path: Path) -> None:
+    """With onnxruntime's default 128 bins entropy returned the min/max range for small frame counts; with 2048 bins
+    (METHOD_OPTIONS) it clips long-tailed tensors: most ranges narrower than minmax's, none wider."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from segedge.export.calibration import METHOD_OPTIONS, compute_ranges
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 64])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).ravel().tolist())
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                          "g", [x], [y], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_t(2, (1, 4, 64, 64)).astype(np.float32) for _ in range(4)]  # heavy tails
+    mm = compute_ranges(path, FrameDataReader(inputs, "x"), "minmax")
+    en = compute_ranges(path, FrameDataReader(inputs, "x"), "entropy")
+    assert METHOD_OPTIONS["entropy"]["num_bins"] == 2048
+    narrower = [k for k in mm if en[k][1] < 0.9 * mm[k][1]]
+    assert narrower and all(en[k][1] <= mm[k][1] + 1e-6 for k in mm)

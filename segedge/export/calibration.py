@@ -38,6 +38,10 @@ MIN_FRAME_SIDE = 32  # a frame is resized to the model size: tinier ones carry n
 DEFAULT_VIDEO_STEP = 15
 METHODS = ("minmax", "entropy", "percentile")
 TABLE_FORMAT = "segedge-calibration-table/1"
+# onnxruntime calibrator options per method. Entropy: onnxruntime's default 128 histogram bins for 128 quantized bins
+# leave its KL threshold search a single candidate (the full range), so "entropy" was minmax for most tensors
+# (results/calibration/); 2048 bins is what TensorRT's entropy calibrator uses.
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048}}
 COLLECT_STRIDE = 4  # frames per calibrator pass (CalibStridedMinMax-style): bounds memory for entropy/percentile
 
 
@@ -326,7 +330,8 @@ def compute_ranges(model_path: str | Path, reader: FrameDataReader, method: str,
 
     with tempfile.TemporaryDirectory(prefix="segedge-calib-", dir=work_dir) as td:
         calibrator = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(td) / "augmented.onnx"),
-                                       calibrate_method=_ort_method(method), extra_options={})
+                                       calibrate_method=_ort_method(method),
+                                       extra_options=dict(METHOD_OPTIONS.get(method, {})))
         for start in range(0, len(reader), stride):
             reader.set_range(start, start + stride)
             calibrator.collect_data(reader)
@@ -355,13 +360,15 @@ class CalibrationTable:
     created: str = ""
     tool_versions: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the calibrator's options (METHOD_OPTIONS)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (format tag first)."""
         return {"format": TABLE_FORMAT, "method": self.method, "count": self.count, "seed": self.seed,
                 "source": self.source, "source_kind": self.source_kind, "source_sha256": self.source_sha256,
                 "graph_sha256": self.graph_sha256, "frames": self.frames, "created": self.created,
-                "tool_versions": self.tool_versions, "tensors": len(self.ranges), "ranges": self.ranges}
+                "tool_versions": self.tool_versions, "options": self.options, "tensors": len(self.ranges),
+                "ranges": self.ranges}
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationTable":
@@ -373,7 +380,8 @@ class CalibrationTable:
             raise ValueError(f"{path} is not a {TABLE_FORMAT} file")
         return cls(d["method"], {k: [float(v[0]), float(v[1])] for k, v in d["ranges"].items()}, int(d["count"]),
                    int(d["seed"]), d["source"], d["source_kind"], d["source_sha256"], d["graph_sha256"],
-                   list(d.get("frames", [])), d.get("created", ""), dict(d.get("tool_versions", {})), Path(path))
+                   list(d.get("frames", [])), d.get("created", ""), dict(d.get("tool_versions", {})), Path(path),
+                   dict(d.get("options") or {}))
 
     def save(self, path: str | Path) -> Path:
         """Write atomically."""
@@ -381,9 +389,9 @@ class CalibrationTable:
         return self.path
 
     def matches(self, method: str, count: int, source_sha256: str, graph_sha256: str) -> bool:
-        """Same frames, method, count and graph → the cached ranges are valid for this export."""
-        return (self.method, self.count, self.source_sha256, self.graph_sha256) == \
-            (method, count, source_sha256, graph_sha256)
+        """Same frames, method (and its calibrator options), count and graph → the cached ranges are valid."""
+        return (self.method, self.count, self.source_sha256, self.graph_sha256, self.options) == \
+            (method, count, source_sha256, graph_sha256, METHOD_OPTIONS.get(method, {}))
 
     def to_tensors_data(self) -> Any:
         """As onnxruntime.quantization's TensorsData (what quantize_static consumes)."""
@@ -440,6 +448,7 @@ def get_calibration_table(folder: str | Path, model_path: str | Path, graph_sha2
         raise ExportError(f"{method} calibration ran out of memory on {len(frames)} frames; lower --calib-count or "
                           "use --calib-method minmax") from e
     table = CalibrationTable(method, ranges, len(frames), seed, frames.source, frames.kind, frames.sha256,
-                             graph_sha256, frames.names, utc_now(), tool_versions())
+                             graph_sha256, frames.names, utc_now(), tool_versions(),
+                             options=dict(METHOD_OPTIONS.get(method, {})))
     table.save(dest)
     return table, False
