@@ -22,15 +22,25 @@ def train(
     iters: int = typer.Option(0, "--iters", help="Schedule length in iterations."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per iteration (memory is estimated and "
                                    "a batch the machine cannot hold is refused before training)."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate, in (0, 1]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate, in (0, 1] (default 2e-3; 5e-5 "
+                                       "with --qat)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay, >= 0."),
-    warmup_iters: int = typer.Option(300, "--warmup-iters", help="Linear warm-up length, >= 0."),
+    warmup_iters: Optional[int] = typer.Option(None, "--warmup-iters",
+                                               help="Linear warm-up length, >= 0 (default 300; 20 with --qat)."),
     val_every: int = typer.Option(500, "--val-every", min=1, help="Validate (and checkpoint) every N iterations."),
     class_weighting: str = typer.Option("sqrt-median", "--class-weighting", help="sqrt-median | none"),
     amp: str = typer.Option("none", "--amp",
                             help="none | bf16 (CPU with AVX-512 BF16, ≈2× for SegFormer) | fp16 (CUDA only)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="For --dataset folder without classes.json."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the backbone from a checkpoint."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the backbone from a checkpoint (with "
+                                           "--qat: the trained FP32 model to fine-tune)."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning of --weights: fake-quant matching "
+                             "--qat-target's INT8 scheme, learned activation ranges saved in the checkpoints for "
+                             "`segedge export --target qdq|ort-int8`. Short schedules: e.g. --iters 300 "
+                             "--batch-size 4."),
+    qat_target: Optional[str] = typer.Option(None, "--qat-target",
+                                             help="qdq (TensorRT: s8 per-channel weights, s8 symmetric activations) "
+                                             "| ort-int8 (u8s8); default qdq."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads, >= 1 (default: all)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: best/last checkpoints, logs, summary."),
@@ -45,12 +55,20 @@ def train(
     from ..training.config import TrainConfig, validate_config
     from . import parse_size_strict
 
+    if qat_target is not None and not qat:
+        from ..errors import SegedgeError
+
+        raise SegedgeError("--qat-target only applies to quantization-aware fine-tuning: add --qat (and --weights)")
+    # QAT starts from a trained model: a small learning rate and a short warm-up keep step 0 close to PTQ.
+    lr = lr if lr is not None else (5e-5 if qat else 2e-3)
+    warmup_iters = warmup_iters if warmup_iters is not None else (20 if qat else 300)
     cfg = TrainConfig(
         model=model, data=str(data), dataset=dataset, out=str(out), iters=iters, epochs=epochs,
         batch_size=batch_size, strict=strict,
         lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, val_every=val_every,
         class_weighting=class_weighting, amp=amp, num_classes=num_classes, weights=str(weights) if weights else None,
-        threads=threads, seed=seed, command="segedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        threads=threads, seed=seed, qat=qat, qat_target=qat_target or "qdq",
+        command="segedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     validate_config(cfg)  # the plain options first, before torch is imported: a bad flag is reported at once
     cfg.input_size = parse_size_strict(input_size)
@@ -72,6 +90,9 @@ def train(
                           progress=progress)
         summary = trainer.run(resume=resume)
     typer.echo(f"best val mIoU {summary['best_miou']:.4f}; checkpoints in {out}")
+    if qat:
+        typer.echo(f"learned {cfg.qat_target} ranges are in the checkpoints: segedge export --model {cfg.model} "
+                   f"--weights {out / 'best.safetensors'} --target {cfg.qat_target}")
 
 
 def register(app: typer.Typer) -> None:

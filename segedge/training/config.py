@@ -8,9 +8,11 @@ from ..errors import SegedgeError
 from .limits import MAX_CLASSES, MAX_SCALE, MAX_SEED, MAX_THREADS, check_float, check_int, check_side_limit
 
 AMP_CHOICES = ("none", "bf16", "fp16")
+QAT_TARGETS = ("qdq", "ort-int8")  # the INT8 targets `--qat` can match (segedge.training.qat)
 # Settings that shape the trajectory: resuming with a different value gives a run no uninterrupted run would give.
 TRAJECTORY_FIELDS = ("model", "dataset", "input_size", "crop_size", "iters", "batch_size", "lr", "weight_decay",
-                     "warmup_iters", "poly_power", "scale_range", "class_weighting", "amp", "seed", "num_classes")
+                     "warmup_iters", "poly_power", "scale_range", "class_weighting", "amp", "seed", "num_classes", "qat",
+                     "qat_target")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class TrainConfig:
     log_every: int = 20
     strict: bool = False  # unreadable samples: error instead of skip
     command: str = ""
+    qat: bool = False  # quantization-aware fine-tuning of --weights (segedge.training.qat)
+    qat_target: str = "qdq"  # the INT8 target whose scheme the fake-quant matches: qdq | ort-int8
     extra: dict = field(default_factory=dict)
 
 
@@ -87,6 +91,27 @@ def validate_config(cfg: TrainConfig) -> None:
     cfg.amp = str(cfg.amp).strip().lower()
     if cfg.amp not in AMP_CHOICES:
         raise SegedgeError(f"unknown --amp '{cfg.amp}': choose none, bf16 or fp16")
+    _validate_qat(cfg)
     for flag, size in (("--input-size", cfg.input_size), ("--crop-size", cfg.crop_size)):
         if size is not None:
             check_side_limit(flag, size)
+
+
+def _validate_qat(cfg: TrainConfig) -> None:
+    """--qat fine-tunes a trained model in float32 for one INT8 target."""
+    cfg.qat_target = str(cfg.qat_target).strip().lower()
+    if not cfg.qat:
+        return
+    check_qat_target(cfg.qat_target)
+    if not cfg.weights:
+        raise SegedgeError("--qat fine-tunes a trained model: pass its checkpoint with --weights FP32.safetensors")
+    if cfg.amp != "none":
+        raise SegedgeError(f"--qat trains in float32 (fake-quant has no {cfg.amp} kernels): drop --amp {cfg.amp}")
+
+
+def check_qat_target(target: str) -> str:
+    """`target` when QAT supports it, else a one-line SegedgeError."""
+    t = str(target).strip().lower()
+    if t not in QAT_TARGETS:
+        raise SegedgeError(f"unknown --qat-target '{target}': choose one of {', '.join(QAT_TARGETS)}")
+    return t

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_spec, valida
 from ..models.checkpoints import checkpoint_bytes
 from .config import TRAJECTORY_FIELDS, TrainConfig, validate_config
 from .limits import check_inference_memory, check_side_limit, check_training_memory, gib
+
+if TYPE_CHECKING:
+    from .qat import QatModel
 
 LAST = "last.safetensors"
 STATE = "train_state.pt"
@@ -224,19 +227,24 @@ class Trainer:
                 raise SegedgeError("give the schedule length: --epochs N or --iters N")
             cfg.iters = int(math.ceil(cfg.epochs * len(self.train_ds) / cfg.batch_size))
         torch.manual_seed(cfg.seed)  # the random init is part of the run's identity
+        # --weights initialises the backbone of a new run, or is the whole trained model that --qat fine-tunes.
         self.model = create_model(spec.name, num_classes=self.num_classes, weights=cfg.weights,
-                                  backbone_only=bool(cfg.weights))
+                                  backbone_only=bool(cfg.weights) and not cfg.qat)
         self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         self.amp_dtype = AMP_DTYPES[cfg.amp]
         self._check_memory()
         self.model.to(self.device)
+        self.qat = self._prepare_qat(spec.family) if cfg.qat else None
+        self._qat_resume: dict | None = None  # the ranges of the checkpoint a QAT run resumes from
         # fp16 autocast needs loss scaling or small gradients flush to zero; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.qat is not None:  # the learned activation scales
+            groups.append({"params": list(self.qat.parameters()), "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
         self.start_iter = 0
         self.best_miou = -1.0
         self.history: list[dict] = []
@@ -245,6 +253,38 @@ class Trainer:
         self.wall_before = 0.0  # wall seconds spent by earlier (resumed) processes of this run
         self.run_start = time.time()
         self.saved_iter: int | None = None  # iteration of the newest complete checkpoint pair on disk
+
+    def _prepare_qat(self, family: str) -> "QatModel":
+        """Fold/freeze BN and wrap the weighted ops in the target's fake-quant (segedge.training.qat)."""
+        from .qat import prepare_qat
+
+        h, w = self.cfg.input_size
+        example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
+        qat = prepare_qat(self.model, self.cfg.qat_target, family, self.cfg.model, example)
+        self.log(f"QAT for {qat.scheme.target} ({qat.scheme.describe()['activations']} activations, "
+                 f"{qat.scheme.describe()['weights']} weights): {len(qat.sites)} layers fake-quantized, "
+                 f"{len(qat.kept_float)} kept float, {len(qat.folded_bn)} BatchNorms folded and frozen")
+        return qat.to(self.device)
+
+    def _init_qat_ranges(self) -> None:
+        """Step 0 == PTQ: MinMax on the export's default calibration frames, or the ranges of the resumed checkpoint."""
+        if self._qat_resume is not None:
+            n = self.qat.load_record(self._qat_resume)
+            self.log(f"QAT: {n} learned ranges restored from the checkpoint")
+            return
+        from .qat import calibration_inputs
+
+        gen, source = calibration_inputs(self.train_ds, self.cfg.input_size, self.mean, self.std)
+        self.qat.calibrate(self.model, gen(), source)
+        self.log(f"QAT: activation ranges initialised by MinMax on {source}")
+
+    def _train_mode(self) -> None:
+        """model.train(), with BatchNorm statistics frozen under QAT (segedge.training.qat explains why)."""
+        self.model.train()
+        if self.qat is not None:
+            from .qat import freeze_batchnorm
+
+            freeze_batchnorm(self.model)
 
     def _check_memory(self) -> None:
         """Refuse, before any large allocation, a batch/crop or input size the machine cannot hold."""
@@ -305,6 +345,7 @@ class Trainer:
             "ln_eps": getattr(self.model, "ln_eps", None), "dataset": self.cfg.dataset,
             "iteration": it, "val_miou": miou, "segedge_version": __version__,
             "provenance": {"trained_by": "segedge train", "command": self.cfg.command, "config": asdict(self.cfg)},
+            **({"qat": self.qat.record()} if self.qat is not None else {}),
         }
 
     @contextlib.contextmanager
@@ -393,7 +434,10 @@ class Trainer:
                      f"{it}, so those iterations are trained again")
         from ..models import load_into, read_checkpoint
 
-        load_into(self.model, read_checkpoint(last, self.cfg.model))
+        ckpt = read_checkpoint(last, self.cfg.model)
+        load_into(self.model, ckpt)
+        if self.qat is not None:
+            self._qat_resume = ckpt.meta.get("qat") or {}
         try:
             self.opt.load_state_dict(state["optimizer"])
             if self.scaler.is_enabled() and state.get("scaler"):
@@ -459,7 +503,7 @@ class Trainer:
         model = self.model if self.device.type == "cpu" else _OnDevice(self.model, self.device)
         m = evaluate(torch_predictor(model, self.cfg.input_size, self.mean, self.std), self.val_ds,
                      limit=self.cfg.val_limit)
-        self.model.train()
+        self._train_mode()
         return m.as_dict()
 
     # ---- loop -------------------------------------------------------------------------------------------------
@@ -481,7 +525,9 @@ class Trainer:
             self._try_resume()
         self._clean_temp()
         self._preload()
-        self.model.train()
+        if self.qat is not None:
+            self._init_qat_ranges()
+        self._train_mode()
         t_last = time.time()
         loss_acc, n_acc = 0.0, 0
         for it in range(self.start_iter, cfg.iters):
@@ -569,11 +615,15 @@ def main_from_args(argv: list[str] | None = None) -> None:
     ap.add_argument("--amp", default="none")
     ap.add_argument("--val-limit", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--qat", action="store_true")
+    ap.add_argument("--qat-target", default="qdq")
     a = ap.parse_args(argv)
     cfg = TrainConfig(model=a.model, data=a.data, dataset=a.dataset, out=a.out, input_size=parse_size(a.input_size),
                       crop_size=parse_size(a.crop_size) if a.crop_size else None, iters=a.iters, epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, warmup_iters=a.warmup_iters, val_every=a.val_every,
                       seed=a.seed, threads=a.threads, class_weighting=a.class_weighting, amp=a.amp, val_limit=a.val_limit,
+                      weights=a.weights, qat=a.qat, qat_target=a.qat_target,
                       command="segedge train " + " ".join(argv if argv is not None else sys.argv[1:]))
     try:
         Trainer(cfg).run(resume=a.resume)

@@ -20,7 +20,9 @@ def build(ctx: ExportContext) -> TargetArtifact:
     from ..sensitivity import default_kept_float
     from ..torch2onnx import opset_of
 
-    table, reused = ctx.calibration()
+    from ..qat_ranges import calibration_for
+
+    table, calibration = calibration_for(ctx, "ort-int8")  # learned ranges replace calibrated ones after --qat
     pre = ctx.pre_quant_model()
     opts = ctx.options
     requested = ctx.option("ort_scope")
@@ -35,7 +37,7 @@ def build(ctx: ExportContext) -> TargetArtifact:
         "precision": "int8", "opset": opset_of(qmodel), "runtime": "onnxruntime",
         "quantization": {**summarize(qmodel, kept, flavour), "scope_requested": requested,
                          **({"budget": budget} if budget is not None else {})},
-        "calibration": {**table.summary(), "reused": reused},
+        "calibration": calibration,
         "verification": ctx.verify(qmodel, "ort-int8"),
     }
     return write_onnx_artifact(ctx, "ort-int8", FILENAME, qmodel, entry)

@@ -37,7 +37,9 @@ def tensorrt_qdq_graph(ctx: ExportContext) -> tuple[Any, dict[str, Any], dict[st
         from ..quantize import TENSORRT, quantize, summarize
         from ..sensitivity import default_kept_float
 
-        table, reused = ctx.calibration()
+        from ..qat_ranges import calibration_for
+
+        table, calibration = calibration_for(ctx, "qdq")  # learned ranges replace calibrated ones after --qat
         pre = ctx.pre_quant_model()
         kept, budget = default_kept_float(ctx, "qdq", TENSORRT)  # trt-int8 inherits the islands chosen here
         ctx.progress("quantizing for TensorRT (symmetric int8, per-channel weights, NVIDIA's Q/DQ placement)")
@@ -46,7 +48,7 @@ def tensorrt_qdq_graph(ctx: ExportContext) -> tuple[Any, dict[str, Any], dict[st
         ctx.cache["tensorrt_qdq"] = (
             qmodel, {**summarize(qmodel, kept, TENSORRT), "qdq_rules": "passed", "qdq_placement": "passed",
                      **({"budget": budget} if budget is not None else {})},
-            {**table.summary(), "reused": reused})
+            calibration)
     return ctx.cache["tensorrt_qdq"]
 
 
