@@ -174,7 +174,9 @@ def build_ort(ctx: Any, recipe: Recipe) -> Built:
     if recipe.precision == "fp32":
         return Built(recipe, ctx.fp32_model, {"precision": "fp32"})
     t0 = time.perf_counter()
-    table, _ = ctx.calibration()
+    from ..export.qat_ranges import calibration_for
+
+    table, _ = calibration_for(ctx, "ort-int8")  # a `train --qat --qat-target ort-int8` checkpoint's learned ranges
     flavour = ort_cpu_flavour(str(ctx.manifest.contract.family or ""), recipe.param("scope"))
     base, with_islands = _ort_islands(ctx, flavour)
     kept = with_islands if recipe.param("islands") else base

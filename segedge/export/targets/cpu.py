@@ -71,8 +71,9 @@ def _calibration(ctx: ExportContext, res: Any) -> dict[str, Any] | None:
     if res.chosen.recipe.precision != "int8":
         return None
     if res.chosen.recipe.runtime == "onnxruntime":
-        table, reused = ctx.calibration()
-        return {**table.summary(), "reused": reused}
+        from ..qat_ranges import calibration_for
+
+        return calibration_for(ctx, "ort-int8")[1]
     f = ctx.frames
     return {"source": f.source, "source_kind": f.kind, "count": len(f), "method": "nncf-ptq",
             "seed": ctx.options.calib_seed, "source_sha256": f.sha256, "graph_sha256": ctx.graph_sha256}
