@@ -40,6 +40,7 @@ class Recipe:
     precision: str  # fp32 | int8
     scheme: tuple[tuple[str, Any], ...] = ()  # build parameters, e.g. (("scope", "conv"), ("islands", True))
     hints: tuple[str | None, ...] = (None,)  # OpenVINO precision hints worth timing (None: not OpenVINO)
+    drops_islands: bool = False  # INT8 without the float islands the family keeps by default for this runtime
 
     def param(self, key: str, default: Any = None) -> Any:
         """One build parameter."""
@@ -104,12 +105,15 @@ def thread_counts(spec: str | None = None) -> list[int]:
     return counts
 
 
-def recipes(family: str, has_islands: bool, openvino: bool, nncf: bool, hints: Sequence[str]) -> list[Recipe]:
-    """Every recipe that can be built here for a model family (see the module docstring)."""
+def recipes(family: str, islands: tuple[bool, bool], openvino: bool, nncf: bool, hints: Sequence[str]) -> list[Recipe]:
+    """Every recipe that can be built here for a model family (see the module docstring); `islands`: whether the
+    family has default float islands for (ONNX Runtime, NNCF), so that `-islands` variants differ from plain ones."""
+    ort_islands, nncf_islands_ = islands
     out = [Recipe("ort-fp32", "onnxruntime", "fp32")]
     for scope in ORT_SCOPES:
-        out.append(Recipe(f"ort-int8-{scope}", "onnxruntime", "int8", (("scope", scope), ("islands", False))))
-        if has_islands:
+        out.append(Recipe(f"ort-int8-{scope}", "onnxruntime", "int8", (("scope", scope), ("islands", False)),
+                          drops_islands=ort_islands))
+        if ort_islands:
             out.append(Recipe(f"ort-int8-{scope}-islands", "onnxruntime", "int8", (("scope", scope),
                                                                                     ("islands", True))))
     if openvino:
@@ -117,10 +121,10 @@ def recipes(family: str, has_islands: bool, openvino: bool, nncf: bool, hints: S
     if openvino and nncf:
         for preset, model_type in NNCF_SCHEMES:
             base = f"ov-int8-{preset}" + (f"-{model_type}" if model_type else "")
-            for islands in (False, True):
-                out.append(Recipe(base + ("-islands" if islands else ""), "openvino", "int8",
-                                  (("preset", preset), ("model_type", model_type), ("islands", islands)),
-                                  hints=tuple(hints)))
+            for with_islands in ((False, True) if nncf_islands_ else (False,)):
+                out.append(Recipe(base + ("-islands" if with_islands else ""), "openvino", "int8",
+                                  (("preset", preset), ("model_type", model_type), ("islands", with_islands)),
+                                  hints=tuple(hints), drops_islands=nncf_islands_ and not with_islands))
     return out
 
 
@@ -158,13 +162,15 @@ def _ort_islands(ctx: Any, flavour: Any) -> tuple[list[Any], list[Any]]:
     return base, select_kept_float(model, keep, False, flavour, extra=extra)
 
 
-def family_has_islands(ctx: Any) -> bool:
-    """Whether the model family has default float groups (then `-islands` recipes are worth building)."""
+def family_islands(ctx: Any) -> tuple[bool, bool]:
+    """Whether the model family keeps default float islands in (ONNX Runtime, NNCF) INT8: then `-islands` recipes
+    differ from the plain ones, and the plain ones drop them."""
     from ..export.sensitivity import FAMILY_FLOAT_GROUPS
     from ..export.targets.openvino_int8 import nncf_settings
 
     family = str(ctx.manifest.contract.family or "")
-    return bool(FAMILY_FLOAT_GROUPS.get(family)) or bool(nncf_settings(family)["ignored_patterns"])
+    groups = bool(FAMILY_FLOAT_GROUPS.get(family))
+    return groups, groups or bool(nncf_settings(family)["ignored_patterns"])
 
 
 def build_ort(ctx: Any, recipe: Recipe) -> Built:
@@ -233,5 +239,5 @@ def open_backend(built: Built, hint: str | None, threads: int) -> Any:
 
 
 __all__ = ["Built", "Candidate", "NNCF_SCHEMES", "ORT_SCOPES", "Recipe", "build", "candidates",
-           "family_has_islands", "nncf_islands", "open_backend", "openvino_hints", "recipes", "select_recipes",
+           "family_islands", "nncf_islands", "open_backend", "openvino_hints", "recipes", "select_recipes",
            "thread_counts"]

@@ -78,7 +78,7 @@ def _recipes(ctx: Any, settings: TuneSettings, notes: list[str]) -> list[cands_.
             notes.append(f"cpu: no {name} candidates ({why})")
     hints = tuple(h for h in cands_.openvino_hints() if settings.hints is None or h in settings.hints) \
         if not ov_why else ()
-    every = cands_.recipes(str(ctx.manifest.contract.family or ""), cands_.family_has_islands(ctx), not ov_why,
+    every = cands_.recipes(str(ctx.manifest.contract.family or ""), cands_.family_islands(ctx), not ov_why,
                            not (ov_why or nncf_why), hints)
     return cands_.select_recipes(every, settings.patterns)
 
@@ -94,7 +94,7 @@ def _rows(cands: Sequence[cands_.Candidate], built: dict[str, cands_.Built], acc
                      "p50_ms": round(t["p50_ms"], 4), "p90_ms": round(t["p90_ms"], 4), "mean_ms": round(t["mean_ms"], 4),
                      "drop_pt": a["budget"]["drop_pt"], "held_back_drop_pt": a["held_back"]["drop_pt"],
                      "argmax_agreement": a["budget"]["argmax_agreement"], "sqnr_db": a["budget"]["sqnr_db"],
-                     "build_s": round(built[c.recipe.name].build_s, 2)})
+                     "build_s": round(built[c.recipe.name].build_s, 2), "keeps_islands": not c.recipe.drops_islands})
     fp32 = {r["threads"]: r["p50_ms"] for r in rows if r["recipe"] == "ort-fp32"}
     for r in rows:
         r["vs_ort_fp32"] = round(r["p50_ms"] / fp32[r["threads"]], 4) if r["threads"] in fp32 else None
