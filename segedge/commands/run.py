@@ -145,7 +145,7 @@ def run_cmd(
 
     from ..runtime import Segmenter
     from ..video import Pipeline, SourceOptions, open_sink, open_source, stop_on_signals
-    from ..video.pipeline import _check_policy
+    from ..video.pipeline import PIPELINE_SPINNING, _check_policy
     from ..video.views import check_view
 
     debug = os.environ.get("SEGEDGE_DEBUG", "").strip() not in ("", "0")
@@ -174,7 +174,8 @@ def run_cmd(
     try:
         folder = resolve_model(model, target, say)
         with err.status("loading the model", spinner="dots") if not quiet else _nullcontext():
-            seg = Segmenter.load(folder, target=target, threads=threads, postprocess=postprocess)
+            seg = Segmenter.load(folder, target=target, threads=threads, postprocess=postprocess,
+                                 spinning=PIPELINE_SPINNING)
     except BaseException:
         source.close()
         raise

@@ -15,7 +15,10 @@ joined by bounded queues, so throughput approaches 1 / (slowest stage) instead o
 Drop policies: `latest` (default for live sources) keeps one frame between capture and pre-processing and
 replaces it with every newer frame; pre-processing takes a frame only when inference has room for it, so latency
 never grows: a frame waits at most one inference; replaced frames are counted as dropped. `all` (default for files) blocks capture when the queues are full, so every frame is processed.
-Every queue is bounded (`queue_size`), so memory is bounded whatever the rates. `stop()` drains: capture stops and
+A model the pipeline opens itself runs ONNX Runtime with spinning off (PIPELINE_SPINNING): its idle intra-op
+threads sleep instead of spin-waiting, leaving the cores to capture, pre- and post-processing. B0 `ort-int8`, 2
+threads, 2 cores: pipelined 0.81–0.85× the inference ceiling with spinning, 0.95–0.99× without
+(benchmarks/results/video-pipeline/). Every queue is bounded (`queue_size`), so memory is bounded whatever the rates. `stop()` drains: capture stops and
 the frames already queued are processed and written; `stop(drain=False)` drops them (counted). Either way the
 outputs are closed properly (a video is playable). Only numpy, OpenCV and the standard library here.
 """
@@ -43,6 +46,7 @@ from .views import Renderer, check_view
 
 POLICIES = ("auto", "latest", "all")
 MAX_FAILURES_IN_A_ROW = 25
+PIPELINE_SPINNING = False  # ONNX Runtime intra-op threads sleep when idle: the other stages share the cores
 _EOS = object()
 
 logger = logging.getLogger("segedge.video")
@@ -200,7 +204,8 @@ class Pipeline:
             else:
                 from ..runtime import Segmenter
 
-                self.seg = Segmenter.load(model, target=target, threads=threads, postprocess=postprocess)
+                self.seg = Segmenter.load(model, target=target, threads=threads, postprocess=postprocess,
+                                          spinning=PIPELINE_SPINNING)
                 self._owned_model = True
             self.renderer = Renderer(self.seg.palette, self.seg.class_names, self.view, alpha, legend, info)
         except BaseException:
