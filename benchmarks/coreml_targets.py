@@ -8,10 +8,11 @@ records when it was measured). The accuracy figures are PyTorch proxies of what 
 segedge.export.coreml_convert / coreml_w8a8), not CoreML predictions: nothing here runs a package.
 
     python benchmarks/coreml_targets.py --data ../shared/datasets/camvid --out benchmarks/results/coreml
-    python benchmarks/coreml_targets.py --data ../shared/datasets/camvid --targets coreml-w8a8 --palettize '' --dusk
+    python benchmarks/coreml_targets.py --data ../shared/datasets/camvid --targets '' --palettize '' --dusk
 
-`--dusk` adds coreml-w8a8's proxy drop on CamVid's dusk drive 0001TP (its train frames minus the calibration
-frames), the split held out by sequence that the INT8 budget benchmark also reports.
+`--dusk` adds each target's proxy drop on CamVid's dusk drive 0001TP (its train frames minus the calibration
+frames), the split held out by sequence that the INT8 budget benchmark also reports (with `--targets ''`: for the
+targets already in the JSON).
 """
 
 from __future__ import annotations
@@ -88,17 +89,22 @@ def dusk_pairs(data: str) -> tuple[list[Any], list[str]]:
     return [ds[i] for i in idx], [ds.samples[i].image_path.name for i in idx]
 
 
-def run_dusk(model: str, size: str, data: str, work: Path) -> dict[str, Any]:
-    """coreml-w8a8's proxy drop on the dusk drive (frames held out from calibration), as the other INT8 benchmarks."""
+def run_dusk(model: str, size: str, data: str, work: Path, targets: list[str]) -> dict[str, dict[str, Any]]:
+    """Each target's proxy drop on the dusk drive (frames held out from calibration), as the other INT8 benchmarks."""
     pairs, names = dusk_pairs(data)
     start = time.perf_counter()
-    res = export_model(ExportOptions(model, targets="coreml-w8a8", input_size=size, val=pairs, val_count=None,
-                                     out=work / f"{model}-dusk", **_options("coreml-w8a8", data)), progress=print)
-    val = res.manifest["targets"]["coreml-w8a8"]["verification"]["val"]
-    drop = round(100 * (val["pytorch_miou"] - val["miou"]), 3)
-    return {"frames": len(names), "first_frame": names[0], "last_frame": names[-1], "proxy_miou": val["miou"],
-            "pytorch_miou": val["pytorch_miou"], "proxy_miou_drop_pt": drop,
-            "export_seconds_total": round(time.perf_counter() - start, 1), "measured": dt.date.today().isoformat()}
+    options = _options(",".join(targets), data)
+    res = export_model(ExportOptions(model, targets=targets, input_size=size, val=pairs, val_count=None,
+                                     out=work / f"{model}-dusk", **options), progress=print)
+    seconds = round(time.perf_counter() - start, 1)
+    out = {}
+    for t in targets:
+        val = res.manifest["targets"][t]["verification"]["val"]
+        out[t] = {"frames": len(names), "first_frame": names[0], "last_frame": names[-1], "proxy_miou": val["miou"],
+                  "pytorch_miou": val["pytorch_miou"],
+                  "proxy_miou_drop_pt": round(100 * (val["pytorch_miou"] - val["miou"]), 3),
+                  "export_seconds_total": seconds, "measured": dt.date.today().isoformat()}
+    return out
 
 
 def _merge(path: Path, res: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +128,7 @@ def main() -> None:
                     help="targets of the main export ('' none: palettisation runs only)")
     ap.add_argument("--palettize", default="6", help="comma-separated bit widths for extra coreml-int8 runs ('' none)")
     ap.add_argument("--out", default="benchmarks/results/coreml")
-    ap.add_argument("--dusk", action="store_true", help="also coreml-w8a8's proxy drop on CamVid drive 0001TP (train "
+    ap.add_argument("--dusk", action="store_true", help="also each target's proxy drop on CamVid drive 0001TP (train "
                     "frames that were not calibration frames)")
     args = ap.parse_args()
     bits = [int(b) for b in args.palettize.split(",") if b.strip()]
@@ -132,9 +138,10 @@ def main() -> None:
             targets = [t.strip() for t in args.targets.split(",") if t.strip()]
             res = _merge(out / f"{model.strip()}.json",
                          run_model(model.strip(), args.input_size, args.data, targets, bits, Path(tmp)))
-            if args.dusk and "coreml-w8a8" in res["targets"]:
-                res["targets"]["coreml-w8a8"]["dusk_0001TP"] = run_dusk(model.strip(), args.input_size, args.data,
-                                                                       Path(tmp))
+            dusk_targets = [t for t in ("coreml-fp16", "coreml-int8", "coreml-w8a8") if t in res["targets"]]
+            if args.dusk and dusk_targets:
+                for t, fig in run_dusk(model.strip(), args.input_size, args.data, Path(tmp), dusk_targets).items():
+                    res["targets"][t]["dusk_0001TP"] = fig
             res.update({"machine": machine_info(),
                         "not_run": "CoreML prediction (needs macOS): every accuracy figure is a PyTorch proxy"})
             write_json_atomic(out / f"{model.strip()}.json", res)
