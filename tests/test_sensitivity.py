@@ -205,7 +205,7 @@ def test_export_negative_budget_is_one_line(tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--target", "coreml-w8a8"], "--target must be one of"),
+    (["--target", "coreml-int8"], "--target must be one of"),
     (["--target", "qdq", "--group-by", "layer"], "--group-by"),
     (["--target", "qdq"], "not an export folder"),
 ])
@@ -296,5 +296,52 @@ def test_openvino_int8_sensitivity_bypasses_fake_quantize_per_group(tmp_path: Pa
     q = nncf.quantize(m, nncf.Dataset([rng.random((1, 3, 128, 128), np.float32) for _ in range(2)]), subset_size=2)
     fqs = [o.get_friendly_name() for o in q.get_ops() if o.get_type_name() == "FakeQuantize"]
     left = [o for o in bypassed(q, fqs[:3]).get_ops() if o.get_type_name() == "FakeQuantize"]
-    assert len(left) == len(fqs) - 3 and len(fqs) == sum(r["nodes"] for r in rep["groups"])
-    assert Manifest.read(out).targets["openvino-int8"]  # the export itself is untouched
+    assert len(left) == len(fqs) - 3
+    # every FakeQuantize of the re-run (same settings as the export: tpm.s1 ignored) belongs to exactly one group
+    entry = Manifest.read(out).targets["openvino-int8"]
+    assert sum(r["nodes"] for r in rep["groups"]) == entry.quantization["fake_quantize_nodes"] < len(fqs)
+
+
+@pytest.mark.slow
+def test_coreml_w8a8_sensitivity_toggles_fake_quant_per_group(tmp_path: Path) -> None:
+    """coreml-w8a8: one calibration of the PyTorch proxy; tpm.s1 (float in W8A8) is no group, the groups cover every
+    enabled fake-quant, all groups off gives the float module's logits, and the report is written."""
+    import numpy as np
+    from conftest import write_camvid_like
+    from torch.ao.quantization import FakeQuantizeBase
+
+    from segedge.contract import Manifest
+    from segedge.export import ExportOptions, export_model
+    from segedge.data.datasets import open_labelled_folder
+    from segedge.export.sensitivity import _input_maker, export_sensitivity, labelled_set
+    from segedge.export.sensitivity_coreml import coreml_meter
+
+    data = write_camvid_like(tmp_path / "camvid")
+    out = tmp_path / "exp"
+    export_model(ExportOptions("topformer-t", targets="onnx,coreml-w8a8", input_size=(128, 128),
+                               calib=str(data / "train"), verify_frames=1, out=out))
+    rep = export_sensitivity(out, "coreml-w8a8", data, val_count=2)
+    groups = {r["group"]: r for r in rep["groups"]}
+    assert "tpm.s1" not in groups and {"tpm.s2", "trans.b0", "head"} <= set(groups)
+    assert rep["flavour"] == "coremltools-w8a8-affine"
+    assert {p.name for p in out.iterdir()} >= {"sensitivity.coreml-w8a8.json", "sensitivity.coreml-w8a8.md",
+                                               "sensitivity.coreml-w8a8.png"}
+    man = Manifest.read(out)
+    c = man.contract
+    ds = open_labelled_folder(data, c.num_classes)
+    frames = labelled_set((ds[i] for i in range(2)), _input_maker(c), "val")
+    meter = coreml_meter(out, man, frames, _input_maker(c), lambda s: None)
+    enabled = {n for n, m in meter.prepared.named_modules()
+               if isinstance(m, FakeQuantizeBase) and bool(m.fake_quant_enabled[0])}
+    assert enabled and enabled == set(meter.ops)  # every fake-quant belongs to exactly one group
+    assert sum(len(v) for v in meter.groups.values()) == len(meter.ops) == sum(r["nodes"] for r in rep["groups"])
+    quantized = meter.logits((), "val")
+    plain = meter.logits(list(meter.groups), "val")
+    ref = meter.ref["val"].logits
+    assert all(np.abs(p - r).max() <= 1e-5 * max(1.0, float(np.abs(r).max())) for p, r in zip(plain, ref))
+    assert max(float(np.abs(q - r).max()) for q, r in zip(quantized, ref)) > 1e-3  # the fake-quant does act
+    one = next(iter(meter.groups))
+    meter.logits([one], "val")
+    on = {n for n, m in meter.prepared.named_modules()
+          if isinstance(m, FakeQuantizeBase) and bool(m.fake_quant_enabled[0])}
+    assert on == set(meter.ops) - set(meter.groups[one])

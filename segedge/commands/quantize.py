@@ -15,7 +15,8 @@ quantize_app = typer.Typer(help="INT8 analysis of an export folder (sensitivity 
 def sensitivity_cmd(
     export_dir: Path = typer.Argument(..., help="Export folder with model.onnx and a calibration table."),
     target: str = typer.Option(..., "--target", "-t", help="INT8 flavour to analyse: ort-int8, qdq (the TensorRT "
-                                                           "graph, which trt-int8 is built from) or openvino-int8."),
+                                                           "graph, which trt-int8 is built from), openvino-int8 or coreml-w8a8 (its PyTorch "
+                                                           "fake-quant proxy)."),
     val: Path = typer.Option(..., "--val", help="Labelled dataset folder (e.g. CamVid) to measure mIoU on."),
     val_count: Optional[int] = typer.Option(None, "--val-count", min=1, help="Labelled frames to use (default: all)."),
     group_by: str = typer.Option("block", "--group-by", help="block (model-family blocks) | op (op types)."),

@@ -94,7 +94,7 @@ class LabelsOutput(nn.Module):
 
 
 # -- which modules stay float ---------------------------------------------------------------------------------------
-def _group_of(name: str, family: str, model_name: str | None) -> str | None:
+def package_group(name: str, family: str, model_name: str | None) -> str | None:
     """The sensitivity group of a PackageModule module name (`model.backbone…`), as the ONNX targets name it."""
     from .sensitivity import module_group
 
@@ -114,14 +114,14 @@ def float_modules(module: PackageModule, family: str, model_name: str | None) ->
     out: dict[str, str] = {}
     convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
     for name, m in module.named_modules():
-        group = _group_of(name, family, model_name) if groups else None
+        group = package_group(name, family, model_name) if groups else None
         if isinstance(m, nn.LayerNorm):
             out[name] = "LayerNorm"
         elif group not in groups:
             continue
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             out[name] = f"family default float group {group}"
-        elif _group_of(name.rpartition(".")[0], family, model_name) not in groups:  # the group's outermost module
+        elif package_group(name.rpartition(".")[0], family, model_name) not in groups:  # the group's outermost module
             out[name] = f"family default float group {group} (the whole block, activations included)"
     if not convs:
         raise ExportError("the model has no convolution: cannot place the W8A8 float islands; use --target "
@@ -161,13 +161,13 @@ def _check_islands(prepared: Any, keep: Sequence[str]) -> int:
     return len(quantized)
 
 
-def calibrate(module: PackageModule, batches: Sequence[torch.Tensor], keep: dict[str, str],
-              progress: Callable[[str], None] = lambda s: None, scheme: str | None = None
-              ) -> tuple[nn.Module, dict[str, Any]]:
-    """(finalized W8A8 module returning logits, quantization summary): prepare, observe `batches`, finalize.
-
-    `module` is left untouched; `batches` are image-space N×3×H×W inputs (what the package's ImageType computes);
-    `scheme` "affine" | "symmetric", default the family's (`scheme_for`)."""
+def observed(module: PackageModule, batches: Sequence[torch.Tensor], keep: dict[str, str],
+             progress: Callable[[str], None] = lambda s: None, scheme: str | None = None
+             ) -> tuple[Any, nn.Module, int, str]:
+    """(quantizer, prepared module, quantized layer count, scheme): prepared with fake-quant, ranges observed on
+    `batches` from float activations, observers frozen, fake-quant on — what `calibrate` finalizes and the W8A8
+    sensitivity report toggles per group. `module` is left untouched; `batches` are image-space N×3×H×W inputs (what
+    the package's ImageType computes); `scheme` "affine" | "symmetric", default the family's (`scheme_for`)."""
     from coremltools.optimize.torch.quantization import LinearQuantizer
     from torch.ao.quantization import disable_fake_quant, disable_observer, enable_fake_quant, enable_observer
 
@@ -178,7 +178,6 @@ def calibrate(module: PackageModule, batches: Sequence[torch.Tensor], keep: dict
         raise ExportError(f"unknown W8A8 quantization scheme '{scheme}'; use one of {', '.join(_SCHEME_TEXT)}")
     logits = PackageModule(set_export_mode(copy.deepcopy(module.model)), "BGR" if module.bgr else "RGB",
                            labels=False, upsample=module.upsample).eval()
-    start = time.perf_counter()
     try:
         with quiet_tools():
             quantizer = LinearQuantizer(logits, _config(list(keep), scheme))
@@ -196,6 +195,15 @@ def calibrate(module: PackageModule, batches: Sequence[torch.Tensor], keep: dict
             prepared(batch)
     prepared.apply(disable_observer)
     prepared.apply(enable_fake_quant)
+    return quantizer, prepared, n_quantized, scheme
+
+
+def calibrate(module: PackageModule, batches: Sequence[torch.Tensor], keep: dict[str, str],
+              progress: Callable[[str], None] = lambda s: None, scheme: str | None = None
+              ) -> tuple[nn.Module, dict[str, Any]]:
+    """(finalized W8A8 module returning logits, quantization summary): `observed`, then coremltools' finalize."""
+    start = time.perf_counter()
+    quantizer, prepared, n_quantized, scheme = observed(module, batches, keep, progress, scheme)
     with quiet_tools():
         finalized = quantizer.finalize(prepared)
     summary = {**scheme_summary(scheme), "quantized_layers": n_quantized,

@@ -42,7 +42,7 @@ from .quantize import (TENSORRT, KeptFloat, QuantFlavour, ort_cpu_flavour, quant
                        select_kept_float)
 
 GROUP_BYS = ("block", "op")
-SENSITIVITY_TARGETS = ("ort-int8", "qdq", "openvino-int8")
+SENSITIVITY_TARGETS = ("ort-int8", "qdq", "openvino-int8", "coreml-w8a8")
 BUDGET_TARGETS = ("ort-int8", "qdq", "trt-int8")
 REPORT_FORMAT = "segedge-int8-sensitivity/1"
 LATENCY_RUNS = 10
@@ -702,6 +702,8 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
                            "wrote")
     if target == "openvino-int8":
         return _openvino_sensitivity(folder, val, val_count, group_by, threads, say, write)
+    if target == "coreml-w8a8":
+        return _coreml_sensitivity(folder, val, val_count, group_by, threads, say, write)
     manifest, fp32, table, scope = _export_inputs(folder, target)
     c = manifest.contract
     flavour = target_flavour(target, str(c.family or ""), scope if target == "ort-int8" else "auto")
@@ -772,3 +774,35 @@ def _openvino_sensitivity(folder: Path, val: str | Path, val_count: int | None, 
                   method="one NNCF run; each variant bypasses the float groups' FakeQuantize ops (their weights keep "
                          "their int8 rounding)")
     return _finish(report, folder, "openvino-int8", meter.latency, write)
+
+
+def _coreml_sensitivity(folder: Path, val: str | Path, val_count: int | None, group_by: str, threads: int,
+                        say: Callable[[str], None], write: bool) -> dict[str, Any]:
+    """export_sensitivity for coreml-w8a8: one coremltools calibration, fake-quant toggled off per variant, measured
+    on the PyTorch proxy (sensitivity_coreml)."""
+    import torch
+
+    from ..benchmarks.targets import portable_path
+    from ..contract import Manifest
+    from ..data.datasets import open_labelled_folder
+    from .sensitivity_coreml import coreml_meter
+
+    if group_by != "block":
+        raise SegedgeError("coreml-w8a8 sensitivity groups by module block only; drop --group-by op")
+    manifest = Manifest.read(folder)
+    c = manifest.contract
+    ds = open_labelled_folder(val, c.num_classes)
+    n = len(ds) if val_count is None else min(int(val_count), len(ds))
+    make = _input_maker(c)
+    say(f"reading {n} labelled frames")
+    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    torch.set_num_threads(max(1, int(threads)))
+    meter = coreml_meter(folder, manifest, frames, make, say)
+    report = sensitivity(meter, "val")  # type: ignore[arg-type] - the meter has VariantMeter's interface
+    entry = manifest.targets.get("coreml-w8a8")
+    report.update(target="coreml-w8a8", group_by=group_by, export=portable_path(folder), model=c.model,
+                  family=c.family, val=portable_path(val), threads=threads,
+                  calibration=entry.calibration if entry is not None else None,
+                  method="PyTorch fake-quant proxy (FP32, no FP16 rounding), one coremltools calibration; each "
+                         "variant disables the float groups' weight and activation fake-quants")
+    return _finish(report, folder, "coreml-w8a8", False, write)

@@ -17,7 +17,7 @@ from ..errors import SegedgeError
 from ..export.pipeline import ExportOptions
 
 
-def _weights(manifest: Manifest, given: str | None) -> str | None:
+def export_weights(manifest: Manifest, given: str | None = None) -> str | None:
     """The checkpoint to re-export from: --weights, the recorded path, or the embedded demo with the same sha256."""
     if given:
         return given
@@ -35,6 +35,9 @@ def _weights(manifest: Manifest, given: str | None) -> str | None:
         return str(demo)
     raise SegedgeError(f"the folder was exported from {path or 'an unrecorded checkpoint'}, which is not here; pass "
                        "--weights PATH (the same checkpoint: the graph must come out identical)")
+
+
+_weights = export_weights  # the old private name, kept for callers
 
 
 def _calibration(manifest: Manifest) -> dict[str, Any]:
@@ -89,4 +92,4 @@ def tune_options(folder: str | Path, val: Any, val_count: int | None = None, cal
     return opts, notes
 
 
-__all__ = ["tune_options"]
+__all__ = ["export_weights", "tune_options"]
