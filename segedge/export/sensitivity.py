@@ -692,7 +692,6 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
 
     import onnx
 
-    from ..data.datasets import open_labelled_folder
     from .pipeline import _pre_quant
 
     folder, say = Path(folder), progress or (lambda msg: None)
@@ -707,11 +706,7 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
     manifest, fp32, table, scope = _export_inputs(folder, target)
     c = manifest.contract
     flavour = target_flavour(target, str(c.family or ""), scope if target == "ort-int8" else "auto")
-    ds = open_labelled_folder(val, c.num_classes)
-    n = len(ds) if val_count is None else min(int(val_count), len(ds))
-    make = _input_maker(c)
-    say(f"reading {n} labelled frames")
-    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    frames, make = _val_frames(c, val, val_count, say)
     with tempfile.TemporaryDirectory(prefix="segedge-sensitivity-") as td:
         fp32_path = Path(td) / "model.fp32.onnx"
         onnx.save(fp32, str(fp32_path))
@@ -739,6 +734,19 @@ def _finish(report: dict[str, Any], folder: Path, target: str, latency: bool, wr
     return report
 
 
+def _val_frames(c: Any, val: str | Path, val_count: int | None, say: Callable[[str], None]
+                ) -> tuple[LabelledSet, Callable[[np.ndarray], np.ndarray]]:
+    """(the first `val_count` labelled frames of `val` prepared per the contract `c`, the frame → input function)."""
+    from ..data.datasets import open_labelled_folder
+
+    ds = open_labelled_folder(val, c.num_classes)
+    n = len(ds) if val_count is None else min(int(val_count), len(ds))
+    make = _input_maker(c)
+    say(f"reading {n} labelled frames")
+    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    return frames, make
+
+
 def _input_maker(c: Any) -> Callable[[np.ndarray], np.ndarray]:
     """BGR frame → model input batch, per the contract `c`."""
     from .pipeline import _make_input
@@ -753,18 +761,13 @@ def _openvino_sensitivity(folder: Path, val: str | Path, val_count: int | None, 
 
     from ..benchmarks.targets import portable_path
     from ..contract import Manifest
-    from ..data.datasets import open_labelled_folder
     from .sensitivity_openvino import openvino_meter
 
     manifest = Manifest.read(folder)
     if "onnx" not in manifest.targets:
         raise SegedgeError(f"{folder} has no FP32 ONNX (target onnx); re-export it with `segedge export`")
     c = manifest.contract
-    ds = open_labelled_folder(val, c.num_classes)
-    n = len(ds) if val_count is None else min(int(val_count), len(ds))
-    make = _input_maker(c)
-    say(f"reading {n} labelled frames")
-    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    frames, make = _val_frames(c, val, val_count, say)
     fp32_onnx = onnx.load(str(folder / manifest.targets["onnx"].file))
     meter = openvino_meter(folder, manifest, fp32_onnx, frames, group_by, threads, make, say)
     report = sensitivity(meter, "val")  # type: ignore[arg-type] - the meter has VariantMeter's interface
@@ -784,18 +787,13 @@ def _coreml_sensitivity(folder: Path, val: str | Path, val_count: int | None, gr
 
     from ..benchmarks.targets import portable_path
     from ..contract import Manifest
-    from ..data.datasets import open_labelled_folder
     from .sensitivity_coreml import coreml_meter
 
     if group_by != "block":
         raise SegedgeError("coreml-w8a8 sensitivity groups by module block only; drop --group-by op")
     manifest = Manifest.read(folder)
     c = manifest.contract
-    ds = open_labelled_folder(val, c.num_classes)
-    n = len(ds) if val_count is None else min(int(val_count), len(ds))
-    make = _input_maker(c)
-    say(f"reading {n} labelled frames")
-    frames = labelled_set((ds[i] for i in range(n)), make, "val", [ds.samples[i].image_path.name for i in range(n)])
+    frames, make = _val_frames(c, val, val_count, say)
     torch.set_num_threads(max(1, int(threads)))
     meter = coreml_meter(folder, manifest, frames, make, say)
     report = sensitivity(meter, "val")  # type: ignore[arg-type] - the meter has VariantMeter's interface
