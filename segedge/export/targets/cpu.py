@@ -47,7 +47,7 @@ CPU_ITERS = TargetOption("cpu_iters", "--cpu-iters", 20, parse=_positive,
                          help="cpu: timed calls per candidate (rotating blocks of 5).")
 
 
-def _entry(ctx: ExportContext, res: Any, row: dict[str, Any]) -> dict[str, Any]:
+def _entry(res: Any, row: dict[str, Any]) -> dict[str, Any]:
     """The manifest entry's common keys: what was chosen, on which CPU, why, and its figures."""
     c, report = res.chosen, res.report
     cpu = report["cpu"]
@@ -109,7 +109,7 @@ def build(ctx: ExportContext) -> TargetArtifact:
     res = tune(ctx, TuneSettings(budget_pp=float(budget), patterns=ctx.option("cpu_candidates"),
                                  threads=ctx.option("cpu_threads"), iters=int(ctx.option("cpu_iters"))))
     row = next(r for r in res.report["rows"] if r["name"] == res.chosen.name)
-    entry = _entry(ctx, res, row)
+    entry = _entry(res, row)
     cal = _calibration(ctx, res)
     if cal is not None:
         entry["calibration"] = cal
