@@ -8,7 +8,10 @@ inference, post-processing, overlay render; outputs discarded):
 - pure inference: the backend alone on one prepared frame, repeated → 1 / time is the ceiling of any loop; measured
   before and after every round, because a shared machine's speed drifts by 20 % within minutes;
 - sequential: read → predict → overlay, one frame after the other in one thread (a plain camera loop);
-- pipelined: `segedge.video.Pipeline` with policy `all` (capture, pre, infer, post+render in four threads);
+- pipelined: `segedge.video.Pipeline` with policy `all` (capture, pre, infer, post+render in four threads), on the
+  model opened as `segedge run` opens it for a file (`--infer-mode auto`: OpenVINO's throughput hint, several
+  requests in flight; `latency`: one at a time);
+- pure throughput: that model alone with its requests kept in flight (no other stage): what its streams give at best;
 
 sequential and pipelined alternate over `--rounds` rounds so machine drift spreads over both. Then a live-rate
 synthetic camera (`synthetic://`, frames time-stamped when they are "exposed", a 4-frame driver buffer) runs at
@@ -36,6 +39,7 @@ import numpy as np
 from segedge.runtime import Segmenter
 from segedge.doctor import cpu_report
 from segedge.video import Pipeline, Renderer, run_stream
+from segedge.video.pipeline import performance_hint
 from segedge.video.sources import SyntheticSource
 
 
@@ -63,6 +67,23 @@ def pure_inference(seg: Segmenter, frame: np.ndarray, calls: int) -> dict[str, f
     med = statistics.median(times)
     return {"calls": calls, "median_ms": round(med * 1e3, 3), "mean_ms": round(statistics.fmean(times) * 1e3, 3),
             "fps_ceiling": round(1 / med, 2)}
+
+
+def pure_throughput(seg: Segmenter, frame: np.ndarray, calls: int) -> dict[str, float]:
+    """Frames per second with `backend.parallel_requests` inferences kept in flight on one prepared frame."""
+    batch, depth = seg.prepare(frame), seg.backend.parallel_requests
+    for _ in range(2 * depth):
+        seg.submit(batch).wait()
+    window: list[Any] = []
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        if len(window) == depth:
+            window.pop(0).wait()
+        window.append(seg.submit(batch))
+    for job in window:
+        job.wait()
+    dt = time.perf_counter() - t0
+    return {"calls": calls, "requests_in_flight": depth, "fps": round(calls / dt, 2)}
 
 
 def sequential(seg: Segmenter, clip: Path, renderer: Renderer) -> dict[str, float]:
@@ -139,12 +160,15 @@ def main() -> None:
     ap.add_argument("--target", default=None)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
     ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime: idle intra-op threads sleep, not spin")
+    ap.add_argument("--infer-mode", default="auto", choices=("auto", "latency", "throughput"),
+                    help="the pipelined runs' model: as `segedge run` opens it for a file (auto), or forced")
     ap.add_argument("--frames", type=int, default=1000, help="frames of the generated 360x480 clip")
     ap.add_argument("--rounds", type=int, default=2, help="sequential / pipelined alternations")
     ap.add_argument("--queue-size", type=int, default=4)
     ap.add_argument("--live-fps", default="auto", help="comma-separated rates, or auto (0.5x and 1.5x throughput)")
     ap.add_argument("--live-seconds", type=float, default=10.0, help="length of each live run")
-    ap.add_argument("--live-window", type=float, default=60.0, help="seconds compared at the start and end of live runs")
+    ap.add_argument("--live-window", type=float, default=60.0,
+                    help="seconds compared at the start and end of live runs")
     ap.add_argument("--soak", type=int, default=0, help="frames of a run_stream soak with RSS samples (0: none)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -154,13 +178,18 @@ def main() -> None:
         from segedge.commands.run import resolve_model
 
         folder = resolve_model("topformer-t", a.target, lambda m: print(m, file=sys.stderr))
-    seg = Segmenter.load(folder, target=a.target, threads=a.threads, **({"spinning": False} if a.no_spin else {}))
+    spin = {"spinning": False} if a.no_spin else {}
+    seg = Segmenter.load(folder, target=a.target, threads=a.threads, **spin)
+    hint = performance_hint(a.infer_mode, "all", live=False)
+    seg_pipe = Segmenter.load(folder, target=a.target, threads=a.threads, performance_hint=hint, **spin) \
+        if hint != "latency" else seg
     renderer = Renderer(seg.palette, seg.class_names, "overlay")
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", a.frames)
         first = cv2.VideoCapture(str(clip)).read()[1]
-        print(f"model {seg!r}; clip {a.frames} frames 360x480", file=sys.stderr)
-        seq, pipe, ceilings = [], [], []
+        print(f"model {seg!r}; clip {a.frames} frames 360x480; pipelined with the {hint} hint, "
+              f"{seg_pipe.backend.parallel_requests} requests in flight", file=sys.stderr)
+        seq, pipe, ceilings, streams = [], [], [], []
         for r in range(a.rounds):  # the ceiling is measured in every round too: this machine's speed drifts
             ceilings.append(pure_inference(seg, first, min(100, a.frames)))
             order = (("seq", "pipe") if r % 2 == 0 else ("pipe", "seq"))
@@ -168,11 +197,13 @@ def main() -> None:
                 if what == "seq":
                     seq.append(sequential(seg, clip, renderer))
                 else:
-                    pipe.append(pipelined(seg, clip, a.queue_size))
+                    pipe.append(pipelined(seg_pipe, clip, a.queue_size))
                 print(f"round {r + 1} {what}: {(seq if what == 'seq' else pipe)[-1]['fps']} fps", file=sys.stderr)
             ceilings.append(pure_inference(seg, first, min(100, a.frames)))
+            streams.append(pure_throughput(seg_pipe, first, min(100, a.frames)))
             print(f"round {r + 1} pure inference before / after: {ceilings[-2]['fps_ceiling']} / "
-                  f"{ceilings[-1]['fps_ceiling']} fps", file=sys.stderr)
+                  f"{ceilings[-1]['fps_ceiling']} fps; pure throughput "
+                  f"{streams[-1]['fps']} fps", file=sys.stderr)
     seq_fps = statistics.median(x["fps"] for x in seq)
     pipe_fps = statistics.median(x["fps"] for x in pipe)
     infer = {"runs": ceilings, "fps_ceiling": round(statistics.median(c["fps_ceiling"] for c in ceilings), 2),
@@ -186,7 +217,8 @@ def main() -> None:
     live_runs = []
     for fps in rates:
         for policy in ("latest", "all"):
-            live_runs.append(live(seg, fps, a.live_seconds, policy, a.queue_size, a.live_window))
+            model = seg_pipe if performance_hint(a.infer_mode, policy, live=True) == hint != "latency" else seg
+            live_runs.append(live(model, fps, a.live_seconds, policy, a.queue_size, a.live_window))
             lr = live_runs[-1]
             print(f"live {fps:g} fps, {policy}: latency p50 {lr['latency_ms']['p50']} / p99 "
                   f"{lr['latency_ms']['p99']} ms, processed {lr['processed']}, dropped {lr['dropped']}, "
@@ -197,13 +229,18 @@ def main() -> None:
         print(f"soak {a.soak} frames: RSS {soaked['rss_mb']}, growth after warm-up {soaked['growth_after_warmup_mb']} "
               "MB", file=sys.stderr)
     seg.close()
+    seg_pipe.close()
+    stream_fps = statistics.median(x["fps"] for x in streams)
     result = {
-        "model": repr(seg), "folder": str(folder), "threads": a.threads, "spinning": not a.no_spin, "clip": {"frames": a.frames,
-                                                                                 "size": [360, 480]},
+        "model": repr(seg), "folder": str(folder), "threads": a.threads, "spinning": not a.no_spin,
+        "clip": {"frames": a.frames, "size": [360, 480]},
         "machine": {"python": platform.python_version(), **cpu_report()},
         "pure_inference": infer,
         "sequential": {"fps_median": seq_fps, "runs": seq},
-        "pipelined": {"fps_median": pipe_fps, "runs": pipe},
+        "pipelined": {"fps_median": pipe_fps, "runs": pipe, "performance_hint": hint,
+                      "requests_in_flight": streams[0]["requests_in_flight"] if streams else 1},
+        "pure_throughput": {"fps_median": stream_fps, "runs": streams},
+        "pipelined_vs_pure_throughput": round(pipe_fps / stream_fps, 3),
         "speedup_pipelined_vs_sequential": round(pipe_fps / seq_fps, 3),
         "pipelined_vs_inference_ceiling": round(pipe_fps / infer["fps_ceiling"], 3),
         "pipelined_vs_ceiling_per_round": per_round,
@@ -211,6 +248,7 @@ def main() -> None:
         "soak": soaked,
     }
     print(f"\n| loop | FPS |\n|---|---:|\n| 1 / pure inference | {infer['fps_ceiling']:.1f} |\n"
+          f"| pure throughput ({hint}, {result['pipelined']['requests_in_flight']} in flight) | {stream_fps:.1f} |\n"
           f"| sequential | {seq_fps:.1f} |\n| pipelined (all) | {pipe_fps:.1f} |\n", file=sys.stderr)
     print("| live fps | policy | latency p50 | p90 | p99 ms | processed | dropped | missed |\n"
           "|---:|---|---:|---:|---:|---:|---:|---:|", file=sys.stderr)

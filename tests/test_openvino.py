@@ -250,3 +250,29 @@ def test_auto_precision_hint_is_measured_and_recorded(setup: dict[str, Path]) ->
         assert choice["chosen"] == "f32"
     d = Segmenter.load(out, target="openvino").backend.describe()
     assert d["inference_precision_hint"] == choice["chosen"] and d["precision_source"] == "manifest"
+
+
+def test_throughput_hint_overlaps_requests_with_the_same_outputs(exports: dict[str, Path], tmp_path: Path) -> None:
+    from segedge.video import run_stream
+
+    folder = exports["b0"]
+    frames = [_street(i % 4) for i in range(5)]
+    with Segmenter.load(folder, target="openvino") as lat, \
+            Segmenter.load(folder, target="openvino", performance_hint="throughput") as thr:
+        n = thr.backend.parallel_requests
+        assert lat.backend.parallel_requests == 1 and n >= 1
+        assert thr.backend.describe()["parallel_requests"] == n
+        batches = [thr.prepare(f) for f in frames[:n]]
+        jobs = [thr.submit(b) for b in batches]
+        if n > 1:  # no request left: one line, not a hang or a silently shared request
+            with pytest.raises(SegedgeError, match="already in flight"):
+                thr.backend.submit(batches[0])
+        outs = [j.wait() for j in reversed(jobs)][::-1]  # collected in any order
+        for b, o in zip(batches, outs):
+            np.testing.assert_allclose(o, lat.infer(b), rtol=1e-4, atol=1e-4)
+        uri = "synthetic://?width=80&height=64&fps=0&frames=6"
+        a = [r.labels for r in run_stream(lat, uri, drop_policy="all")]
+        b = [r.labels for r in run_stream(thr, uri, drop_policy="all")]
+        assert len(a) == len(b) == 6 and np.mean([(x == y).mean() for x, y in zip(a, b)]) > 0.999
+    with pytest.raises(SegedgeError, match="unknown OpenVINO performance hint 'fastest'"):
+        Segmenter.load(folder, target="openvino", performance_hint="fastest")

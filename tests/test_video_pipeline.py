@@ -268,3 +268,73 @@ def test_an_exception_in_a_callback_stops_the_run_and_is_raised(seg, tmp_path: P
         p.run()
     p.close()
     assert p.status == "failed" and count_frames(tmp_path / "out.mp4")[0] == 4  # the video holds what was written
+
+
+class _Overlapping:
+    """A backend double that runs `depth` requests at once on a thread pool (the dispatch OpenVINO's throughput mode
+    gives), recording how many were in flight; the numbers come from the real backend it wraps."""
+
+    def __init__(self, inner, depth: int, delay: float) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner, self.parallel_requests, self.delay = inner, depth, delay
+        self.pool = ThreadPoolExecutor(depth)
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def _job(self, x):
+        import time
+
+        time.sleep(self.delay)
+        out = self.inner.run(x)
+        with self.lock:
+            self.in_flight -= 1
+        return out
+
+    def submit(self, x):
+        with self.lock:
+            self.in_flight += 1
+            assert self.in_flight <= self.parallel_requests, "more requests in flight than the backend runs"
+            self.peak = max(self.peak, self.in_flight)
+        fut = self.pool.submit(self._job, x)
+
+        class _P:
+            def wait(self):
+                return fut.result()
+
+        return _P()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_inference_overlaps_up_to_the_backends_requests_and_keeps_frame_order(seg, tmp_path: Path) -> None:
+    uri = "synthetic://?width=64&height=48&fps=0&frames=24"
+    ref = {r.index: r.labels.copy() for r in run_stream(seg, uri, drop_policy="all")}
+    real = seg.backend
+    seg.backend = double = _Overlapping(real, depth=3, delay=0.02)
+    try:
+        got = [(r.index, r.labels.copy()) for r in run_stream(seg, uri, drop_policy="all")]
+        with Pipeline(seg, uri, drop_policy="all") as p:
+            st = p.run()
+            assert any("3 frames in flight" in line for line in p.describe())
+    finally:
+        seg.backend = real
+        double.pool.shutdown()
+    assert [i for i, _ in got] == sorted(ref) == list(range(24))  # in frame order, none lost
+    assert all(np.array_equal(lab, ref[i]) for i, lab in got)
+    assert double.peak == 3  # the window filled: inference really overlapped
+    assert st["parallel"] == {"infer": 3} and st["frames"]["processed"] == 24
+    _invariant(st)
+
+
+def test_performance_hint_follows_the_drop_policy_unless_asked() -> None:
+    from segedge.video.pipeline import performance_hint
+
+    assert performance_hint("auto", "all", live=True) == "throughput"
+    assert performance_hint("auto", "auto", live=False) == "throughput"  # files: every frame
+    assert performance_hint("auto", "auto", live=True) == "latency"  # cameras: the newest frame
+    assert performance_hint("auto", "latest", live=False) == "latency"
+    assert performance_hint("latency", "all", live=False) == "latency"
+    with pytest.raises(SegedgeError, match="unknown inference mode 'fast'"):
+        performance_hint("fast", "all", live=False)

@@ -110,6 +110,10 @@ def run_cmd(
     drop_policy: str = typer.Option("auto", "--drop-policy",
                                     help="latest: drop stale frames so latency never grows (default for live "
                                          "sources); all: every frame (default for files and images)."),
+    infer_mode: str = typer.Option("auto", "--infer-mode",
+                                   help="latency: one frame in inference at a time; throughput: several in flight "
+                                        "where the runtime allows (OpenVINO streams): more FPS, each frame slower; "
+                                        "auto: throughput with --drop-policy all, latency with latest."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N processed frames."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads of the runtime."),
     postprocess: str = typer.Option("fast", "--postprocess",
@@ -145,7 +149,7 @@ def run_cmd(
 
     from ..runtime import Segmenter
     from ..video import Pipeline, SourceOptions, open_sink, open_source, stop_on_signals
-    from ..video.pipeline import PIPELINE_SPINNING, _check_policy
+    from ..video.pipeline import PIPELINE_SPINNING, performance_hint
     from ..video.views import check_view
 
     debug = os.environ.get("SEGEDGE_DEBUG", "").strip() not in ("", "0")
@@ -160,7 +164,7 @@ def run_cmd(
 
     # Everything that can be checked without the model first: a typo fails in a second, not after an export.
     view = check_view(view)
-    _check_policy(drop_policy)
+    performance_hint(infer_mode, drop_policy, live=False)  # checks both names before anything opens
     opts = SourceOptions(width=width, height=height, fps=fps, loop=loop, flip=flip, backend=stream_backend,
                          read_timeout=read_timeout, reconnects=reconnects, rtsp_transport=rtsp_transport).checked()
     source = open_source(input, opts, log=say)
@@ -175,7 +179,8 @@ def run_cmd(
         folder = resolve_model(model, target, say)
         with err.status("loading the model", spinner="dots") if not quiet else _nullcontext():
             seg = Segmenter.load(folder, target=target, threads=threads, postprocess=postprocess,
-                                 spinning=PIPELINE_SPINNING)
+                                 spinning=PIPELINE_SPINNING,
+                                 performance_hint=performance_hint(infer_mode, drop_policy, source.live))
     except BaseException:
         source.close()
         raise

@@ -20,6 +20,7 @@ import numpy as np
 from ..contract import MANIFEST_NAME, Manifest, TargetEntry
 from ..errors import SegedgeError, SegedgeWarning
 from .backends import Backend, backend_for_path, get_backend
+from .backends.base import Pending
 from .checks import check_io, check_verify_mode, verify_files
 from .modelinfo import ModelInfo
 from .palette import overlay as _overlay
@@ -97,8 +98,9 @@ class Segmenter:
 
         options: `model=` names the architecture of a foreign checkpoint; `providers=` overrides ONNX Runtime's
         execution providers; `precision=` sets OpenVINO's inference precision hint (default: the one recorded at
-        export, else f32); `verify=` "fast" (default) | "full" | "off" checks the artifact against its manifest's
-        size and sha256 (segedge.runtime.checks). The backend also receives the manifest entry as `manifest_entry=`.
+        export, else f32); `performance_hint=` "latency" (default) | "throughput" compiles an OpenVINO model for
+        several requests in flight (see `submit`); `verify=` "fast" (default) | "full" | "off" checks the artifact
+        against its manifest's size and sha256 (segedge.runtime.checks). The backend also receives the manifest entry as `manifest_entry=`.
         """
         if not isinstance(path, (str, Path)):
             raise SegedgeError(f"Segmenter.load needs a path (export folder, model file or checkpoint), got "
@@ -213,6 +215,13 @@ class Segmenter:
         pre-processing + inference and post-processing in different threads.
         """
         return self._run(batch)
+
+    def submit(self, batch: np.ndarray) -> Pending:
+        """`infer` started without waiting: `.wait()` gives its output. Backends that run several requests at once
+        (OpenVINO with performance_hint="throughput": `backend.parallel_requests`) overlap that many submits."""
+        if self.backend.parallel_requests > 1 and (batch.shape[0] == 1 or self.backend.supports_batch):
+            return self.backend.submit(batch)
+        return Pending(self._run(batch))  # one request at a time: run it now (what `infer` does)
 
     def labels_from_output(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """One row of `infer`'s output → H×W uint8 labels at `size` (the frame's (H, W)), as `predict` returns."""

@@ -14,11 +14,16 @@ joined by bounded queues, so throughput approaches 1 / (slowest stage) instead o
 
 Drop policies: `latest` (default for live sources) keeps one frame between capture and pre-processing and
 replaces it with every newer frame; pre-processing takes a frame only when inference has room for it, so latency
-never grows: a frame waits at most one inference; replaced frames are counted as dropped. `all` (default for files) blocks capture when the queues are full, so every frame is processed.
+never grows: a frame waits at most one inference; replaced frames are counted as dropped. `all` (default for
+files) blocks capture when the queues are full, so every frame is processed.
+
 A model the pipeline opens itself runs ONNX Runtime with spinning off (PIPELINE_SPINNING): its idle intra-op
 threads sleep instead of spin-waiting, leaving the cores to capture, pre- and post-processing. B0 `ort-int8`, 2
 threads, 2 cores: pipelined 0.81–0.85× the inference ceiling with spinning, 0.95–0.99× without
-(benchmarks/results/video-pipeline/). Every queue is bounded (`queue_size`), so memory is bounded whatever the rates. `stop()` drains: capture stops and
+(benchmarks/results/video-pipeline/). It also gets a performance hint (`infer_mode`, see `performance_hint`):
+under policy `all` OpenVINO compiles for throughput (several streams) and the inference stage keeps
+`backend.parallel_requests` frames in flight, passing them on in frame order; under `latest`, one frame at a time.
+Every queue is bounded (`queue_size`), so memory is bounded whatever the rates. `stop()` drains: capture stops and
 the frames already queued are processed and written; `stop(drain=False)` drops them (counted). Either way the
 outputs are closed properly (a video is playable). Only numpy, OpenCV and the standard library here.
 """
@@ -31,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -45,6 +51,7 @@ from .stats import PipelineStats
 from .views import Renderer, check_view
 
 POLICIES = ("auto", "latest", "all")
+INFER_MODES = ("auto", "latency", "throughput")
 MAX_FAILURES_IN_A_ROW = 25
 PIPELINE_SPINNING = False  # ONNX Runtime intra-op threads sleep when idle: the other stages share the cores
 _EOS = object()
@@ -116,6 +123,11 @@ class BoundedQueue:
             self._cv.notify_all()
             return left
 
+    def ready(self) -> bool:
+        """Whether `get` would return at once (an item is waiting, or the stream has ended)."""
+        with self._cv:
+            return bool(self._items) or self._closed or self._aborted
+
     def __len__(self) -> int:
         with self._cv:
             return len(self._items)
@@ -144,6 +156,24 @@ class Result:
         return self._overlay
 
 
+def _check_infer_mode(mode: str) -> str:
+    if mode not in INFER_MODES:
+        raise SegedgeError(f"unknown inference mode '{mode}': choose latency (one frame at a time), throughput "
+                           "(several frames in flight where the runtime allows) or auto (throughput for files, "
+                           "latency for live sources)")
+    return mode
+
+
+def performance_hint(infer_mode: str, drop_policy: str, live: bool) -> str:
+    """The runtime hint for a model a pipeline opens: `infer_mode` unless auto; then throughput when every frame
+    counts (policy all: files), latency when the newest frame does (latest: live sources)."""
+    if _check_infer_mode(infer_mode) != "auto":
+        return infer_mode
+    policy = _check_policy(drop_policy)
+    policy = policy if policy != "auto" else ("latest" if live else "all")
+    return "throughput" if policy == "all" else "latency"
+
+
 def _check_policy(policy: str) -> str:
     p = str(policy).lower()
     if p not in POLICIES:
@@ -156,8 +186,8 @@ class Pipeline:
     """Frames from `source` through `model` into `outputs`, in four threads (see the module docstring).
 
     model: a Segmenter (left open), or a path Segmenter.load opens (closed with the pipeline; `target`, `threads`,
-    `postprocess` apply). source: a URI / path / camera index for `open_source` (`source_options` or the
-    width/height/fps/loop/flip keywords apply) or a Source. outputs: URIs / paths for `open_sink`, or Sinks.
+    `postprocess` and `infer_mode` — auto | latency | throughput — apply). source: a URI / path / camera index
+    for `open_source` (`source_options` or the width/height/fps/loop/flip keywords apply) or a Source. outputs: URIs / paths for `open_sink`, or Sinks.
     on_result(Result) runs for every frame on the post-processing thread, on_stats(dict) about every
     `stats_interval` seconds; an exception in either stops the pipeline and is raised by run() / wait().
     Construction checks the input and outputs before loading the model, so mistakes fail fast. A Source object
@@ -171,10 +201,11 @@ class Pipeline:
                  on_result: Callable[[Result], Any] | None = None,
                  on_stats: Callable[[dict[str, Any]], Any] | None = None, stats_interval: float = 1.0,
                  source_options: SourceOptions | None = None, fps_out: float | None = None,
-                 fourcc: str | None = None, render: bool | None = None,
+                 fourcc: str | None = None, render: bool | None = None, infer_mode: str = "auto",
                  log: Callable[[str], None] | None = None, **source_kwargs: Any) -> None:
         self.view = check_view(view)
         self.policy_asked = _check_policy(drop_policy)
+        self.infer_mode = _check_infer_mode(infer_mode)
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
                                        or max_frames < 1):
             raise SegedgeError(f"max_frames must be a whole number ≥ 1 (or None for all), got {max_frames!r}")
@@ -205,8 +236,11 @@ class Pipeline:
                 from ..runtime import Segmenter
 
                 self.seg = Segmenter.load(model, target=target, threads=threads, postprocess=postprocess,
-                                          spinning=PIPELINE_SPINNING)
+                                          spinning=PIPELINE_SPINNING, 
+                                          performance_hint=performance_hint(infer_mode, drop_policy,
+                                                                            self.source.live))
                 self._owned_model = True
+            self.infer_parallel = max(1, int(getattr(self.seg.backend, "parallel_requests", 1)))
             self.renderer = Renderer(self.seg.palette, self.seg.class_names, self.view, alpha, legend, info)
         except BaseException:
             if self.source is not None and not isinstance(source, Source):
@@ -217,6 +251,7 @@ class Pipeline:
         self.render = True if render is None else bool(render)  # False: Result.view stays None (labels only)
         self.policy = self.policy_asked
         self._stats = PipelineStats()
+        self._stats.parallel["infer"] = self.infer_parallel
         self._threads: list[threading.Thread] = []
         self._q1: BoundedQueue | None = None
         self._q_pre: BoundedQueue | None = None
@@ -247,6 +282,8 @@ class Pipeline:
         bound = "1 frame, stale frames dropped" if self.policy == "latest" else f"{self.queue_size} frames"
         extra = f", max {self.max_frames} frames" if self.max_frames else ""
         lines.append(f"view: {self.view}; drop policy: {self.policy} (queue {bound}){extra}")
+        if self.infer_parallel > 1:
+            lines.append(f"inference: {self.infer_parallel} frames in flight (throughput mode)")
         return lines
 
     def start(self) -> "Pipeline":
@@ -453,42 +490,67 @@ class Pipeline:
             q_pre.close()
 
     def _infer(self) -> None:
+        """Submit prepared frames, keeping up to `backend.parallel_requests` in flight, and pass the outputs on in
+        frame order. The oldest inference is collected as soon as the window is full or no frame is waiting, so a
+        lone frame is never held back for the next one."""
         q_pre, q2, seg, stats = self._q_pre, self._q2, self.seg, self._stats
         assert q_pre is not None and q2 is not None
-        taken = in_a_row = 0
+        depth = self.infer_parallel
+        pending: deque[tuple[Frame, dict[str, float], float, Any]] = deque()
+        taken = 0
+        self._in_a_row = 0
         try:
             while True:
+                if pending and (len(pending) >= depth or not q_pre.ready()):
+                    if not self._collect(pending.popleft(), q2):
+                        break
+                    continue
+                if self.max_frames and taken >= self.max_frames:
+                    break
                 item = q_pre.get()
                 if item is _EOS:
                     break
                 frame, batch, timings = item
                 taken += 1
+                t1 = time.perf_counter()
                 try:
-                    t1 = time.perf_counter()
-                    out = seg.infer(batch)
-                    seg.backend.synchronize()
-                    t2 = time.perf_counter()
+                    pending.append((frame, timings, t1, seg.submit(batch)))
                 except Exception as e:
-                    in_a_row = self._frame_failed(frame, "inference", e, in_a_row)
-                    continue
-                in_a_row = 0
-                timings["infer"] = (t2 - t1) * 1e3
-                stats.stage("infer", timings["infer"])
-                accepted, _ = q2.put((frame, out[0], timings))
-                if not accepted:
-                    stats.count("dropped")
-                    break
+                    self._in_a_row = self._frame_failed(frame, "inference", e, self._in_a_row)
                 if self.max_frames and taken >= self.max_frames:
                     self._stop_reading.set()
                     self.source.interrupt()  # type: ignore[union-attr]
+            while pending:
+                if not self._collect(pending.popleft(), q2):
                     break
         except BaseException as e:
             self._fail(e)
         finally:
+            for frame, _t, _t1, job in pending:  # stopped early: wait for what still runs, drop it (counted)
+                with contextlib.suppress(Exception):
+                    job.wait()
+                stats.count("dropped")
             left = q_pre.abort()  # max_frames reached or failed: whatever is still prepared is dropped
             if left:
                 stats.count("dropped", len(left))
             q2.close()
+
+    def _collect(self, job: tuple[Frame, dict[str, float], float, Any], q2: BoundedQueue) -> bool:
+        """Wait for one submitted inference and queue its output for post-processing; False once q2 refuses."""
+        frame, timings, t1, pending = job
+        try:
+            out = pending.wait()
+            self.seg.backend.synchronize()
+        except Exception as e:
+            self._in_a_row = self._frame_failed(frame, "inference", e, self._in_a_row)
+            return True
+        self._in_a_row = 0
+        timings["infer"] = (time.perf_counter() - t1) * 1e3
+        self._stats.stage("infer", timings["infer"])
+        accepted, _ = q2.put((frame, out[0], timings))
+        if not accepted:
+            self._stats.count("dropped")
+        return accepted
 
     def _frame_failed(self, frame: Frame, stage: str, e: BaseException, in_a_row: int) -> int:
         """Count and note a frame that failed in `stage`; the new run of failures in a row, or a SegedgeError once

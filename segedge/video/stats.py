@@ -67,6 +67,7 @@ class PipelineStats:
         self.t_end: float | None = None
         self.queue_peaks: dict[str, int] = {}
         self.queue_bounds: dict[str, int] = {}
+        self.parallel: dict[str, int] = {}  # stages running several frames at once (inference in throughput mode)
 
     def start(self) -> None:
         self.t_start = time.perf_counter()
@@ -117,7 +118,9 @@ class PipelineStats:
             stages = {k: v.summary() for k, v in self.stages.items() if v.n}
             latency = self.latency.summary()
         elapsed = self.elapsed()
-        slowest = max(stages.items(), key=lambda kv: kv[1]["mean"] or 0.0)[0] if stages else None
+        # a stage with n frames in flight passes one frame per mean/n milliseconds: that is what limits throughput
+        slowest = max(stages.items(), key=lambda kv: (kv[1]["mean"] or 0.0) / self.parallel.get(kv[0], 1))[0] \
+            if stages else None
         return {
             "frames": counters,
             "elapsed_s": round(elapsed, 3),
@@ -126,6 +129,7 @@ class PipelineStats:
             "latency_ms": latency,
             "stages_ms": stages,
             "slowest_stage": slowest,
+            "parallel": dict(self.parallel),
             "queues": {k: {"bound": self.queue_bounds.get(k), "peak": v} for k, v in self.queue_peaks.items()},
         }
 

@@ -41,6 +41,17 @@ class InputSpec:
         return x
 
 
+class Pending:
+    """An inference started by `Backend.submit`; `wait()` returns its output (once)."""
+
+    def __init__(self, output: np.ndarray) -> None:
+        self._output = output
+
+    def wait(self) -> np.ndarray:
+        """Block until the output is ready and return it."""
+        return self._output
+
+
 class Backend:
     """Runs one model: `run(batch) -> output batch` on model inputs prepared by the Segmenter.
 
@@ -87,6 +98,16 @@ class Backend:
     def run_impl(self, x: np.ndarray) -> np.ndarray:
         """The forward pass proper on an input that fits `input_spec` (float32 N×3×H×W or uint8 N×H×W×3)."""
         raise NotImplementedError
+
+    @property
+    def parallel_requests(self) -> int:
+        """How many inferences this backend runs at the same time (streams); `submit` may have that many in flight."""
+        return 1
+
+    def submit(self, x: np.ndarray) -> Pending:
+        """Start one inference and return at once where the backend can overlap several (`parallel_requests` > 1);
+        the base class runs it to completion here. Outputs come back in `wait()`, in any order the caller picks."""
+        return Pending(self.run(x))
 
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (no-op for synchronous CPU runtimes)."""
