@@ -187,7 +187,8 @@ class Pipeline:
 
     model: a Segmenter (left open), or a path Segmenter.load opens (closed with the pipeline; `target`, `threads`,
     `postprocess` and `infer_mode` — auto | latency | throughput — apply). source: a URI / path / camera index
-    for `open_source` (`source_options` or the width/height/fps/loop/flip keywords apply) or a Source. outputs: URIs / paths for `open_sink`, or Sinks.
+    for `open_source` (`source_options` or the width/height/fps/loop/flip keywords apply) or a Source.
+    outputs: URIs / paths for `open_sink`, or Sinks.
     on_result(Result) runs for every frame on the post-processing thread, on_stats(dict) about every
     `stats_interval` seconds; an exception in either stops the pipeline and is raised by run() / wait().
     Construction checks the input and outputs before loading the model, so mistakes fail fast. A Source object
