@@ -185,6 +185,9 @@ class ModelContract:
     created: str | None = None
     format: str = MANIFEST_FORMAT
     segedge_version: str | None = None
+    # {"form": "inference" | "as-trained", "folded": [module paths]}: which modules were traced in their exact
+    # inference form (segedge.models.deploy_form); None in folders written before segedge recorded it (as trained)
+    graph_form: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this segedge does not know, kept on round trips
 
     def __post_init__(self) -> None:
@@ -211,7 +214,7 @@ class ModelContract:
                 opset=int(d["opset"]) if d.get("opset") is not None else None, exporter=d.get("exporter"),
                 graph_sha256=d.get("graph_sha256"), tool_versions=dict(d.get("tool_versions") or {}),
                 created=d.get("created"), format=str(d.get("format", MANIFEST_FORMAT)),
-                segedge_version=d.get("segedge_version"),
+                segedge_version=d.get("segedge_version"), graph_form=d.get("graph_form"),
                 extra={k: v for k, v in d.items() if k not in known and k != "targets" and k not in TARGET_META_KEYS},
             )
         except KeyError as e:
@@ -227,6 +230,8 @@ class ModelContract:
                                "output": self.output.to_dict(), "opset": self.opset, "exporter": self.exporter,
                                "graph_sha256": self.graph_sha256, "tool_versions": dict(self.tool_versions),
                                "created": self.created}
+        if self.graph_form is not None:
+            out["graph_form"] = dict(self.graph_form)
         out.update(self.extra)
         return out
 

@@ -137,6 +137,17 @@ def test_onnx_graph_macs_agree(tmp_path):
         torch.onnx.export(model, (torch.zeros(1, 3, *size),), str(path), opset_version=17, dynamo=False)
         onnx_macs = model_info.ModelInfo(onnx.load(str(path))).macs
         assert count_flops(model, size)["macs"] == onnx_macs
+    # the inference form `segedge export` traces (SegFormer's folded decoder), counted the same way
+    from segedge.models import deploy_form
+
+    model = create_model("b0", num_classes=11).eval()
+    folded, _ = deploy_form(model)
+    torch.onnx.export(folded, (torch.zeros(1, 3, 128, 160),), str(tmp_path / "f.onnx"), opset_version=17, dynamo=False)
+    inf = count_flops(model, (128, 160))["inference_form"]
+    assert inf["folded"] == ["decode_head"] and round(inf["gmacs"] * 1e9) == model_info.ModelInfo(
+        onnx.load(str(tmp_path / "f.onnx"))).macs
+    assert inf["gmacs"] < 0.6 * count_flops(model, (128, 160))["gmacs"]
+    assert count_flops("topformer-t", (256, 256))["inference_form"] is None  # nothing to fold
 
 
 def test_cache_round_trip_and_corrupt_cache(tmp_path, monkeypatch):

@@ -281,3 +281,31 @@ def test_cli_errors_are_one_line_and_nonzero(ckpts: dict[str, Path], tmp_path: P
     assert all(any(w in ln for w in ("loading", "reading", "exporting", "checking", "building", "pre-processing",
                                       "computing", "quantizing", "writing")) for ln in others), others
     assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").rglob("*.onnx"))
+
+
+def test_folded_and_as_trained_graphs_both_match_pytorch(b0_export: tuple[Path, str], ckpts: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    from collections import Counter
+
+    from segedge.contract import Manifest
+    from segedge.export.pipeline import recorded_fold
+
+    out, _ = b0_export  # exported with the default: the inference form
+    plain = export_model(ExportOptions("b0", weights=ckpts["b0"], targets="onnx", input_size=SIZE, fold=False,
+                                       out=tmp_path / "plain")).out_dir
+    folded_m, plain_m = Manifest.read(out), Manifest.read(plain)
+    assert folded_m.contract.graph_form == {"form": "inference", "folded": ["decode_head"]}
+    assert plain_m.contract.graph_form == {"form": "as-trained", "folded": []}
+    assert folded_m.contract.graph_sha256 != plain_m.contract.graph_sha256
+    ops = {k: Counter(n.op_type for n in onnx.load(str(d / "model.onnx")).graph.node) for k, d in
+           (("folded", out), ("plain", plain))}
+    assert ops["plain"]["Concat"] > ops["folded"].get("Concat", 0)  # the decoder's 4·dim concat is gone
+    for d in (out, plain):
+        sess = _session(d / "model.onnx")
+        for f in _frames(2):
+            x = preprocess(f, SIZE, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+            _assert_parity(sess.run(None, {"input": x})[0], _torch_logits(ckpts["b0"], "b0", x))
+    # re-exports keep a folder's graph: an older manifest (no graph_form) was traced as trained
+    assert recorded_fold(folded_m.contract) and not recorded_fold(plain_m.contract)
+    folded_m.contract.graph_form = None
+    assert not recorded_fold(folded_m.contract) and recorded_fold(None)

@@ -188,3 +188,39 @@ def test_set_layernorm_eps_switches_block_and_stage_norms_only():
     assert model.ln_eps == 1e-3
     with torch.no_grad():
         assert not torch.equal(model(x), y_before)  # the eps takes effect in the computation
+
+
+@pytest.mark.parametrize("name", ["b0", "b2"])
+def test_deploy_form_folds_the_segformer_decoder_exactly(name):
+    from segedge.models import deploy_form
+
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=11).eval()
+    bn = m.decode_head.linear_fuse.bn  # non-trivial statistics, so the BatchNorm fold is exercised too
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2.0)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    folded, paths = deploy_form(m)
+    assert paths == ["decode_head"] and type(m.decode_head).__name__ == "SegFormerHead"  # the original is untouched
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        a, b = m(x), folded(x)
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    dim = m.decode_head.linear_fuse.conv.out_channels
+    convs = {n: c for n, c in folded.decode_head.named_modules() if isinstance(c, nn.Conv2d)}
+    assert set(convs) == {"linear_c1.proj", "linear_c2.proj", "linear_c3.proj", "linear_c4.proj", "linear_pred"}
+    assert all(c.in_channels < 4 * dim for c in convs.values())  # no 4·dim → dim conv at 1/4 resolution left
+    with torch.no_grad():  # export mode (symbolic resize) computes the same
+        assert torch.allclose(folded.set_export_mode(True)(x), b, atol=1e-5)
+
+
+def test_deploy_form_leaves_a_model_without_one_as_it_is():
+    from segedge.models import deploy_form
+
+    torch.manual_seed(0)
+    m = create_model("topformer-t", num_classes=5).eval()
+    folded, paths = deploy_form(m)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert paths == [] and torch.equal(m(x), folded(x))

@@ -167,14 +167,22 @@ def check_calibration(missing: Sequence[str], calib: CalibrationSource, model: s
 def run_export(folder: Path, cfg: dict[str, Any], size: tuple[int, int], missing: Sequence[str],
                calib: CalibrationSource, calib_count: int | None, progress: Callable[[str], None]) -> list[str]:
     """Export `missing` targets of this checkpoint at `size` into `folder` (the pipeline keeps valid ones); notes."""
-    from ..export.pipeline import ExportOptions, export_model
+    from ..contract import Manifest
+    from ..export.pipeline import ExportOptions, export_model, recorded_fold
 
     check_calibration(missing, calib, cfg["model"])
     if "cpu" in missing:  # tuning chooses on labelled frames; the bench then evaluates on its own split
         raise SegedgeError(f"{folder} has no cpu target yet: tune it first (`segedge tune {folder} --val DIR`, or "
                            "`segedge export --target cpu --val DIR`), then bench it with --artifacts")
+    fold = recorded_fold(None)
+    if (folder / MANIFEST_NAME).is_file():  # add targets to the graph the folder has (another form re-traces it all)
+        try:
+            fold = recorded_fold(Manifest.read(folder).contract)
+        except SegedgeError:
+            pass
     res = export_model(ExportOptions(model=cfg["model"], weights=cfg["weights"], targets=list(missing),
-                                     input_size=size, calib=calib.source, calib_count=calib_count, out=folder),
+                                     input_size=size, calib=calib.source, calib_count=calib_count, fold=fold,
+                                     out=folder),
                        progress=progress)
     return list(res.notes)
 

@@ -44,6 +44,10 @@ def export_cmd(
     quantize_all: bool = typer.Option(False, "--quantize-all",
                                       help="INT8: also quantize LayerNorm, Softmax, the classifier and last Resize "
                                            "(ort-int8: with every quantizable op unless --ort-scope conv)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold",
+                              help="Export the model's exact inference form (SegFormer: each decoder stage's linear, "
+                                   "the fuse conv and its BatchNorm composed into one 1x1 conv run before "
+                                   "upsampling; B0 ~1.6x faster, same outputs); --no-fold traces it as trained."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled dataset folder: adds mIoU per target."),
     val_count: int = typer.Option(32, "--val-count", min=1, help="Labelled frames used by --val."),
     max_miou_drop: Optional[float] = typer.Option(
@@ -71,7 +75,7 @@ def export_cmd(
         model=model, weights=weights, targets=target, input_size=size, calib=calib, calib_count=calib_count,
         calib_method=calib_method, calib_seed=calib_seed, video_step=video_step, opset=opset, dynamic=dynamic,
         dynamic_batch=dynamic_batch, io=io, raw_color=raw_color, upsample=upsample,
-        keep_float=[k for k in (keep_float or "").split(",") if k.strip()], quantize_all=quantize_all,
+        keep_float=[k for k in (keep_float or "").split(",") if k.strip()], quantize_all=quantize_all, fold=fold,
         val=val, val_count=val_count, out=out, replace=replace, max_miou_drop=max_miou_drop,
         target_options={k: v for k, v in target_options.items() if v is not None})
     t0 = time.perf_counter()

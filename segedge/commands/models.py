@@ -85,7 +85,7 @@ def info_cmd(
         "input_size": list(size), "num_classes": n_cls, "params": c["params"], "macs": c["macs"],
         "gmacs": c["gmacs"], "gflops": c["gflops"], "macs_by_kind": c["macs_by_kind"],
         "output_stride": spec.output_stride, "output_size": out_hw, "size_multiple": spec.size_multiple,
-        "weights": ckpt_info, "convention": c["convention"],
+        "weights": ckpt_info, "convention": c["convention"], "inference_form": c.get("inference_form"),
     }
     if as_json:
         echo_json(result)
@@ -100,6 +100,10 @@ def info_cmd(
     t.add_row("params", f"{c['params']:,} ({c['params'] / 1e6:.2f} M)")
     t.add_row("GMACs", f"{c['gmacs']:.3f}")
     t.add_row("GFLOPs", f"{c['gflops']:.3f} (= 2 × GMACs)")
+    inf = c.get("inference_form")
+    if inf:  # what `segedge export` traces by default (--fold)
+        t.add_row("exported form", f"{inf['gmacs']:.3f} GMACs, {inf['params'] / 1e6:.2f} M params "
+                                   f"({', '.join(inf['folded'])} folded; --no-fold exports as trained)")
     t.add_row("output", f"logits {n_cls}x{out_hw[0]}x{out_hw[1]} (stride {spec.output_stride})")
     if ckpt_info:
         t.add_row("weights", f"{ckpt_info['path']} ({ckpt_info['format']}, sha256 {ckpt_info['sha256'][:12]}…)")

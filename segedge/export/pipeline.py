@@ -26,7 +26,7 @@ from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContra
                         OutputContract, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
 from ..io import ensure_writable_dir, path_size, sha256_path
-from ..models import create_model, default_weights, get_spec, parse_size, validate_input_size
+from ..models import create_model, default_weights, deploy_form, get_spec, parse_size, validate_input_size
 from ..runtime.backends.base import Backend, InputSpec
 from ..runtime.preprocess import preprocess, to_raw_input
 from . import verify as _verify
@@ -66,6 +66,7 @@ class ExportOptions:
     upsample: bool = False  # raw io: labels at the input size instead of the output stride
     keep_float: Sequence[str] = ()
     quantize_all: bool = False
+    fold: bool = True  # trace the model's exact inference form (segedge.models.deploy_form); False: as trained
     val: Any = None  # folder | dataset | iterable/callable of (frame, label) pairs
     val_count: int | None = DEFAULT_VAL_COUNT
     out: str | Path | None = None
@@ -159,6 +160,7 @@ class _Plan:
     method: str
     needs_calib: bool
     notes: list[str]
+    folded: list[str] = field(default_factory=list)  # module paths traced in their inference form (deploy_form)
 
     @property
     def raw(self) -> bool:
@@ -300,6 +302,14 @@ def export_model(options: ExportOptions, progress: Callable[[str], None] | None 
     return _export_into(out, plan, say)
 
 
+def recorded_fold(contract: ModelContract | None) -> bool:
+    """The `fold` option that re-traces a folder's graph as it is: folders written before segedge recorded its
+    graph form were traced as trained; a new folder (None) gets the default."""
+    if contract is None:
+        return ExportOptions.fold
+    return (contract.graph_form or {}).get("form") == "inference"
+
+
 def _make_input(frame: np.ndarray, size: tuple[int, int], raw: bool, raw_color: str, mean: Sequence[float],
                 std: Sequence[float]) -> np.ndarray:
     """One BGR frame → one model-input batch, exactly as the runtime prepares it."""
@@ -387,6 +397,7 @@ def _contract(plan: _Plan, onnx_model: Any, simplifier: str, graph_sha: str) -> 
                               dtype="uint8" if plan.raw else "float32", name=output_name,
                               size=(h // stride, w // stride)),
         opset=opset_of(onnx_model), exporter=f"{EXPORTER}; simplified with {simplifier}", graph_sha256=graph_sha,
+        graph_form={"form": "inference" if plan.folded else "as-trained", "folded": list(plan.folded)},
         tool_versions=tool_versions(), created=utc_now())
 
 
@@ -478,8 +489,15 @@ def _build_targets(targets: Sequence[TargetSpec], ctx: ExportContext) -> dict[st
 def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportResult:
     """The export proper, once options are resolved: everything is built in a FolderTransaction, then committed."""
     frames = _load_frames(plan, say)
-    module = RawIOWrapper(plan.model, plan.mean, plan.std, plan.raw_color, plan.opts.upsample).eval() if plan.raw \
-        else plan.model
+    traced, plan.folded = deploy_form(plan.model) if plan.opts.fold else (plan.model, [])
+    if plan.folded:
+        say(f"tracing the inference form of {', '.join(plan.folded)}")
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        return RawIOWrapper(model, plan.mean, plan.std, plan.raw_color, plan.opts.upsample).eval() if plan.raw \
+            else model
+
+    module, reference = wrap(traced), wrap(plan.model)  # every check compares with the model as trained
     make_input = functools.partial(_make_input, size=plan.size, raw=plan.raw, raw_color=plan.raw_color,
                                    mean=plan.mean, std=plan.std)
     batches, example = _check_batches(plan, frames, lambda f, at=plan.size: make_input(f, size=at))
@@ -491,7 +509,7 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
         _check_replacement(out, old, plan, graph_sha)
         manifest = Manifest(_contract(plan, onnx_model, simplifier, graph_sha))
         say("checking the FP32 ONNX against PyTorch")
-        checks = _Checks(plan, module, batches, manifest.contract, say)
+        checks = _Checks(plan, reference, batches, manifest.contract, say)
         fp32_ver = _verify.compare_to_torch(onnx_model, batches, checks.reference)
         _verify.check_fp32(fp32_ver, "the FP32 ONNX export")
         if checks.val_pairs is not None:

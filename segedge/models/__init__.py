@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CheckpointError
 from .checkpoints import LoadedCheckpoint, load_into, read_checkpoint, save_checkpoint
-from .layers import export_mode, set_export_mode
+from .layers import deploy_form, export_mode, set_export_mode
 from .pretrained import default_weights
 from .registry import ModelSpec, get_spec, list_models, parse_size, register_model, validate_input_size
 
@@ -77,7 +77,7 @@ def predict_full(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 
 __all__ = [
-    "ModelSpec", "create_model", "default_weights", "export_mode", "get_spec", "list_models", "load_into", "parse_size",
+    "ModelSpec", "create_model", "default_weights", "deploy_form", "export_mode", "get_spec", "list_models", "load_into", "parse_size",
     "predict_full", "read_checkpoint", "register_model", "save_checkpoint", "set_export_mode", "upsample_logits",
     "validate_input_size",
     "IMAGENET_MEAN", "IMAGENET_STD",

@@ -137,6 +137,7 @@ def count_flops(model_or_name: nn.Module | str, input_size: tuple[int, int] | No
         raise SegedgeError(f"cannot count {label} at {h}x{w}: {first_line(e)}") from e
     flops = sum(by_kind.values())
     macs = flops // 2  # FlopCounterMode counts 2 FLOPs per multiply-accumulate
+    inference = _inference_form(model, x)
     return {
         "model": label,
         "input_size": [h, w],
@@ -147,8 +148,21 @@ def count_flops(model_or_name: nn.Module | str, input_size: tuple[int, int] | No
         "flops": flops,
         "gflops": flops / 1e9,
         "macs_by_kind": {k: v // 2 for k, v in sorted(by_kind.items())},
+        "inference_form": inference,
         "convention": CONVENTION,
     }
+
+
+def _inference_form(model: nn.Module, x: torch.Tensor) -> dict[str, Any] | None:
+    """Params and GMACs of what `segedge export` traces (segedge.models.deploy_form), when that differs."""
+    from .layers import deploy_form
+
+    with _eval_mode(model):
+        folded, paths = deploy_form(model)
+    if not paths:
+        return None
+    macs = sum(_meta_forward_counts(folded, x).values()) // 2
+    return {"folded": paths, "params": count_params(folded), "gmacs": macs / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------------------------

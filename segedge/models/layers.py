@@ -31,6 +31,29 @@ def set_export_mode(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
+def deploy_form(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` with every submodule that has an exact inference form (a `deploy_form()` method, as
+    RepVGG's `switch_to_deploy`) replaced by it; (copy, the replaced modules' paths). `model` is left as it is."""
+    import copy
+
+    folded: list[str] = []
+    out = copy.deepcopy(model)
+
+    def swap(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            path = f"{prefix}{name}"
+            if callable(getattr(child, "deploy_form", None)):
+                setattr(parent, name, child.deploy_form())
+                folded.append(path)
+            else:
+                swap(child, f"{path}.")
+
+    if callable(getattr(out, "deploy_form", None)):
+        return out.deploy_form(), [""]
+    swap(out, "")
+    return out, folded
+
+
 @contextlib.contextmanager
 def export_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """`with export_mode(model): torch.fx.symbolic_trace(model)` — each module's previous mode is restored after."""

@@ -198,6 +198,61 @@ class SegFormerHead(ExportAware, nn.Module):
         x = self.linear_fuse(torch.cat(outs, dim=1))
         return self.linear_pred(self.dropout(x))
 
+    @torch.no_grad()
+    def deploy_form(self) -> "FoldedSegFormerHead":
+        """The same decoder with linear_cN, linear_fuse and its BatchNorm composed per stage (eval numerics)."""
+        return FoldedSegFormerHead.from_head(self)
+
+
+class FoldedSegFormerHead(ExportAware, nn.Module):
+    """The All-MLP decoder in its exact inference form.
+
+    The trained head projects each stage to `dim` channels (linear_cN), upsamples to 1/4, concatenates and mixes with
+    a 1×1 conv + BatchNorm (linear_fuse) before the ReLU. Everything before the ReLU is linear per pixel, and bilinear
+    upsampling commutes with per-pixel linear maps and keeps constants (its weights sum to 1), so
+    BN(W·concat(up(A_i x_i + a_i))) = Σ_i up(M_i x_i) + b with M_i = diag(s)·W_i·A_i and one bias b. Each stage then
+    needs one 1×1 conv at its own resolution instead of a 4·dim → dim conv at 1/4: B0's head did ~3 of its ~4 GMAC
+    there at 384×512. Eval-mode only (BatchNorm statistics are folded, dropout is gone); the convs keep the module
+    paths `linear_cN.proj`, so sensitivity groups and QAT ranges keyed by them still find their nodes.
+    """
+
+    def __init__(self, in_dims, dim: int, num_classes: int) -> None:
+        super().__init__()
+        for i, c in enumerate(in_dims):
+            proj = nn.Module()
+            proj.proj = nn.Conv2d(c, dim, 1, bias=(i == 0))  # one bias for the sum, on the stage that is not resized
+            setattr(self, f"linear_c{i + 1}", proj)
+        self.linear_pred = nn.Conv2d(dim, num_classes, 1)
+
+    @classmethod
+    @torch.no_grad()
+    def from_head(cls, head: SegFormerHead) -> "FoldedSegFormerHead":
+        """Compose a trained SegFormerHead (see the class docstring); the BatchNorm's running statistics are used."""
+        fuse, bn = head.linear_fuse.conv.weight[:, :, 0, 0], head.linear_fuse.bn
+        dim = fuse.shape[0]
+        in_dims = [getattr(head, f"linear_c{i}").proj.in_features for i in (1, 2, 3, 4)]
+        out = cls(in_dims, dim, head.linear_pred.out_channels).to(fuse.device, fuse.dtype)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        for pos, i in enumerate((4, 3, 2, 1)):  # the concat order of SegFormerHead.forward
+            lin = getattr(head, f"linear_c{i}").proj
+            w_i = fuse[:, pos * dim:(pos + 1) * dim]
+            getattr(out, f"linear_c{i}").proj.weight.copy_(((scale[:, None] * w_i) @ lin.weight)[:, :, None, None])
+            bias = bias + scale * (w_i @ lin.bias)
+        out.linear_c1.proj.bias.copy_(bias)
+        out.linear_pred.load_state_dict(head.linear_pred.state_dict())
+        out.export_mode = head.export_mode
+        return out.eval()
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        c1 = feats[0]
+        size = (c1.shape[2], c1.shape[3])
+        x = self.linear_c1.proj(c1)
+        up = resize_symbolic if self.export_mode else resize
+        for i in (4, 3, 2):
+            x = x + up(getattr(self, f"linear_c{i}").proj(feats[i - 1]), size)
+        return self.linear_pred(torch.relu(x))
+
 
 class SegFormer(nn.Module):
     """SegFormer = MiT encoder + All-MLP head; `forward` returns logits at 1/4 of the input."""

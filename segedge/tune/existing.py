@@ -14,7 +14,7 @@ from typing import Any
 
 from ..contract import Manifest
 from ..errors import SegedgeError
-from ..export.pipeline import ExportOptions
+from ..export.pipeline import ExportOptions, recorded_fold
 
 
 def export_weights(manifest: Manifest, given: str | None = None) -> str | None:
@@ -87,7 +87,7 @@ def tune_options(folder: str | Path, val: Any, val_count: int | None = None, cal
         calib=calib, calib_count=cal.get("count"), calib_method=str(cal.get("method") or "minmax")
         if cal.get("method") in ("minmax", "entropy", "percentile") else "minmax",
         calib_seed=int(cal.get("seed") or 0), opset=int(c.opset or 17), dynamic=bool(dyn.height or dyn.width),
-        dynamic_batch=bool(dyn.batch and not (dyn.height or dyn.width)), val=val, val_count=val_count, out=folder,
+        dynamic_batch=bool(dyn.batch and not (dyn.height or dyn.width)), fold=recorded_fold(c), val=val, val_count=val_count, out=folder,
         max_miou_drop=max_miou_drop, target_options=dict(target_options or {}))
     return opts, notes
 
