@@ -1,18 +1,25 @@
 """segedge's TensorRT Q/DQ placement (old and new) side by side with NVIDIA ModelOpt's ONNX PTQ.
 
-For each export folder (its FP32 model.onnx and calibration table) it builds four graphs and compares them:
+For each export folder (its FP32 model.onnx and calibration table) it builds five graphs and compares them:
 - `fp32`: the FP32 ONNX;
 - `segedge-old`: flavour TENSORRT_ORT_PLACEMENT (onnxruntime's own placement: inputs and outputs of every quantized
   op, the placement segedge shipped before);
-- `segedge-new`: flavour TENSORRT (NVIDIA's placement recommendations, `qdq_rules.check_placement`);
+- `segedge-new`: flavour TENSORRT (NVIDIA's placement recommendations, `qdq_rules.check_placement`; Softmax outputs
+  on their definitional range [0, 1]);
+- `segedge-new-calibrated-softmax`: the same with the calibrated Softmax-output ranges (the ablation that showed why
+  ModelOpt was ahead on B0: it quantizes Softmax outputs on [0, 1], see `quantize.unit_softmax_ranges`);
 - `modelopt`: `modelopt.onnx.quantization.quantize` (int8, its default placement, fp32 high precision so only the
-  Q/DQ differ) on the same FP32 model, calibrated on the same frames (the 32 CamVid train frames of the table, saved
-  as an .npy tensor in --work) with the same method (minmax = ModelOpt's "max": symmetric min/max).
+  Q/DQ differ) on the same FP32 model, calibrated on the same frames (the table's CamVid train frames, or another
+  draw with --calib-seed, saved as an .npy tensor in --work) with the same method (--method: minmax = ModelOpt's
+  "max", symmetric min/max; entropy = both sides' entropy calibrators).
 ModelOpt pulls onnxruntime-gpu and pins onnx, so it lives in its own venv (--modelopt-python); this script runs
 itself there (`... qdq_placement.py modelopt ...`), passing file paths only.
 Figures: Q/DQ node counts, which op types read quantized inputs / write quantized outputs, both rule sets, and
 proxy mIoU through ONNX Runtime CPU (fake-quant, --threads, exact post-processing) on CamVid val and on the dusk
-drive 0001TP (its train frames minus the calibration frames). JSON figures only (never frames) go to --out:
+drive 0001TP (its train frames minus the calibration frames), with a paired frame bootstrap of the mIoU difference
+segedge-new − modelopt (its sd here: 0.02-0.03 pt on val, 0.04-0.18 on the dusk drive). JSON figures only (never
+frames) go to --out, one file per model (`<model>.json`; `<model>.<method>.json` / `<model>.seed<N>.json` for other
+methods and draws):
 
     python benchmarks/qdq_placement.py --exports exports/demo-b0,exports/demo-topformer-t \\
         --data ../shared/datasets/camvid --modelopt-python <modelopt-venv>/bin/python --work bench-out/qdq-placement
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 MODELOPT_METHOD = {"minmax": "max", "entropy": "entropy"}
+BOOTSTRAP_SEED = 0
 
 
 # -- runs inside the ModelOpt venv (imports nothing from segedge) ---------------------------------------------------
@@ -55,23 +63,39 @@ def modelopt_main(argv: list[str]) -> None:
 
 # -- the comparison (main venv) ---------------------------------------------------------------------------------------
 
-def calibration_tensor(folder: Path, data: Path, work: Path) -> tuple[Path, list[str]]:
-    """The table's calibration frames, re-drawn and checked against its sha256, as model inputs in an .npy."""
+def calibration_run(folder: Path, data: Path, method: str, seed: int | None,
+                    work: Path) -> tuple[Any, Path, list[str]]:
+    """(segedge table, .npy of model inputs for ModelOpt, frame names) for one calibration draw: the export's own
+    frames (its minmax table's count and seed, checked against its sha256) or a draw with another `seed`; the
+    export's table when it fits, else one computed into `work` (the export folder is never written)."""
+    import json as _json
+
     import numpy as np
 
     from segedge.errors import SegedgeError
-    from segedge.export.calibration import CalibrationTable, load_calibration_frames, table_path
+    from segedge.export.calibration import CalibrationTable, get_calibration_table, load_calibration_frames, table_path
     from segedge.runtime import Segmenter
 
-    table = CalibrationTable.load(table_path(folder, "minmax"))
-    frames = load_calibration_frames(data / "train", table.count, table.seed)
-    if frames.sha256 != table.source_sha256:
+    base = CalibrationTable.load(table_path(folder, "minmax"))
+    seed = base.seed if seed is None else seed
+    frames = load_calibration_frames(data / "train", base.count, seed)
+    if seed == base.seed and frames.sha256 != base.source_sha256:
         raise SegedgeError(f"the calibration frames drawn from {data / 'train'} are not the ones {folder}'s table "
                            "was computed on; pass the CamVid folder the export used as --data")
     seg = Segmenter.load(folder, target="onnx")
+    inputs = [seg.prepare(f) for f in frames.frames]
     path = work / f"{folder.name}.calib.npy"
-    np.save(path, np.concatenate([seg.prepare(f) for f in frames.frames]).astype(np.float32))
-    return path, frames.names
+    np.save(path, np.concatenate(inputs).astype(np.float32))
+    graph_sha = _json.loads((folder / "manifest.json").read_text())["graph_sha256"]
+    own = table_path(folder, method)
+    if own.is_file() and CalibrationTable.load(own).matches(method, len(frames), frames.sha256, graph_sha):
+        return CalibrationTable.load(own), path, frames.names
+    import onnx
+
+    input_name = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.input[0].name
+    table, _ = get_calibration_table(work, folder / "model.onnx", graph_sha, frames, seg.prepare, input_name, method,
+                                     seed, save_to=work, work_dir=work)
+    return table, path, frames.names
 
 
 def run_modelopt(python: str, fp32: Path, calib: Path, method: str, out: Path) -> dict[str, Any]:
@@ -137,58 +161,101 @@ def labelled_sets(data: Path, calib_names: list[str], limit: int | None) -> tupl
 
 
 def evaluate(graphs: dict[str, Any], folder: Path, sets: dict[str, list[Any]], ds: Any,
-             threads: int) -> dict[str, dict[str, Any]]:
-    """Proxy mIoU of each graph on each labelled set through ONNX Runtime CPU."""
+             threads: int, bootstrap: int) -> dict[str, dict[str, Any]]:
+    """Proxy mIoU of each graph on each labelled set through ONNX Runtime CPU, frame by frame (for the bootstrap)."""
+    import numpy as np
+
+    from segedge.data.metrics import metrics_from_confusion
     from segedge.evaluation import evaluate_predictors
     from segedge.runtime import Segmenter
     from segedge.runtime.backends.ort import OnnxRuntimeBackend
 
     info = Segmenter.load(folder, target="onnx").info
     segs = {k: Segmenter(OnnxRuntimeBackend(m, threads=threads), info, "exact") for k, m in graphs.items()}
+    predictors = {k: s.predict for k, s in segs.items()}
     out: dict[str, dict[str, Any]] = {}
     for name, pairs in sets.items():
         t = time.perf_counter()
-        ev = evaluate_predictors({k: s.predict for k, s in segs.items()}, pairs, ds.num_classes, ds.class_names,
-                                 references={k: "fp32" for k in segs})
-        miou = {k: float(m.miou) for k, m in ev.metrics.items()}
+        cms = {k: [] for k in segs}  # per-frame confusion matrices
+        agree = {k: 0.0 for k in segs}
+        for pair in pairs:
+            ev = evaluate_predictors(predictors, [pair], ds.num_classes, references={k: "fp32" for k in segs})
+            for k, m in ev.metrics.items():
+                cms[k].append(m.confusion)
+                agree[k] += ev.agreement[k] / len(pairs)  # CamVid frames all have the same size
+        per_frame = {k: np.stack(v) for k, v in cms.items()}
+        metrics = {k: metrics_from_confusion(v.sum(0), list(ds.class_names)) for k, v in per_frame.items()}
+        miou = {k: float(m.miou) for k, m in metrics.items()}
+        per_class = {c: None if np.isnan(x - y) else round(100 * (x - y), 3) for c, x, y in zip(  # NaN: absent class
+            ds.class_names, metrics["segedge-new"].iou, metrics["modelopt"].iou)}
         out[name] = {"frames": len(pairs), "seconds": round(time.perf_counter() - t, 1),
                      "miou": miou, "drop_pp": {k: 100 * (miou["fp32"] - v) for k, v in miou.items()},
-                     "argmax_agreement_vs_fp32": dict(ev.agreement)}
+                     "argmax_agreement_vs_fp32": agree, "per_class_iou_new_minus_modelopt_pp": per_class,
+                     "bootstrap_new_minus_modelopt_pp": paired_bootstrap(
+                         per_frame["segedge-new"], per_frame["modelopt"], bootstrap)}
     return out
 
 
-def compare_export(folder: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """Build the four graphs of one export and measure them."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def paired_bootstrap(a: Any, b: Any, n: int) -> dict[str, float]:
+    """mIoU(a) − mIoU(b) in points over `n` resamples of the frames (the same frames for both): mean, sd, 95 %
+    interval and the share of resamples where a ≥ b. `a`, `b`: per-frame confusion matrices, F×C×C."""
+    import numpy as np
 
-    from segedge.export.calibration import CalibrationTable, table_path
+    from segedge.data.metrics import metrics_from_confusion
+
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    idx = rng.integers(0, len(a), (n, len(a)))
+    d = np.array([100 * (metrics_from_confusion(a[i].sum(0)).miou - metrics_from_confusion(b[i].sum(0)).miou)
+                  for i in idx])
+    return {"observed": 100 * float(metrics_from_confusion(a.sum(0)).miou - metrics_from_confusion(b.sum(0)).miou),
+            "resamples": n, "sd": float(d.std()), "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+            "share_a_ge_b": float(np.mean(d >= 0))}
+
+
+def segedge_graphs(pre: Path, table: Any, work: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """segedge's graphs of one quant_pre_process'ed model (old placement, new, new with calibrated Softmax ranges)
+    and how long each took."""
+    import dataclasses
+
+    import onnx
+
     from segedge.export.quantize import TENSORRT, TENSORRT_ORT_PLACEMENT, quantize, select_kept_float
 
-    work = a.work / folder.name
-    work.mkdir(parents=True, exist_ok=True)
-    calib, names = calibration_tensor(folder, a.data, work)
-    pre = work / "pre.onnx"
-    quant_pre_process(str(folder / "model.onnx"), str(pre))
     kept = select_kept_float(onnx.load(str(pre)))
-    table = CalibrationTable.load(table_path(folder, "minmax"))
-    graphs = {"fp32": onnx.load(str(folder / "model.onnx"))}
-    seconds = {}
-    for key, flavour in (("segedge-old", TENSORRT_ORT_PLACEMENT), ("segedge-new", TENSORRT)):
+    flavours = {"segedge-old": TENSORRT_ORT_PLACEMENT, "segedge-new": TENSORRT,
+                "segedge-new-calibrated-softmax": dataclasses.replace(TENSORRT, softmax_unit_range=False)}
+    graphs, seconds = {}, {}
+    for key, flavour in flavours.items():
         t = time.perf_counter()
         graphs[key] = quantize(pre, table, flavour, kept, work_dir=work)
         seconds[key] = round(time.perf_counter() - t, 2)
-    mo = run_modelopt(a.modelopt_python, folder / "model.onnx", calib, "minmax", work / "modelopt.onnx")
+    return graphs, seconds
+
+
+def compare_export(folder: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """Build the graphs of one export and measure them."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    work = a.work / folder.name / f"{a.method}-seed{a.calib_seed if a.calib_seed is not None else 'table'}"
+    work.mkdir(parents=True, exist_ok=True)
+    table, calib, names = calibration_run(folder, a.data, a.method, a.calib_seed, work)
+    pre = work / "pre.onnx"
+    quant_pre_process(str(folder / "model.onnx"), str(pre))
+    ours, seconds = segedge_graphs(pre, table, work)
+    graphs = {"fp32": onnx.load(str(folder / "model.onnx")), **ours}
+    mo = run_modelopt(a.modelopt_python, folder / "model.onnx", calib, a.method, work / "modelopt.onnx")
     seconds["modelopt"] = round(mo["seconds"], 2)
     graphs["modelopt"] = onnx.load(str(work / "modelopt.onnx"))
     summaries = {k: placement_summary(m) for k, m in graphs.items() if k != "fp32"}
     diff = placement_diff(summaries["segedge-new"], summaries["modelopt"])
     sets, ds = labelled_sets(a.data, names, a.limit)
-    accuracy = evaluate(graphs, folder, sets, ds, a.threads)
+    accuracy = evaluate(graphs, folder, sets, ds, a.threads, a.bootstrap)
     return {
         "export": str(folder), "model": json.loads((folder / "manifest.json").read_text())["model"],
-        "calibration": {"method": "minmax", "modelopt_method": MODELOPT_METHOD["minmax"], "frames": len(names),
-                        "source": "camvid train (the export's table; same frames for ModelOpt)"},
+        "calibration": {"method": a.method, "modelopt_method": MODELOPT_METHOD[a.method], "frames": len(names),
+                        "seed": table.seed, "frames_sha256": table.source_sha256,
+                        "source": "camvid train (the export's draw unless seed differs; same frames for ModelOpt)"},
         "modelopt_version": mo["modelopt"], "quantize_seconds": seconds,
         "placement": {k: {x: y for x, y in v.items() if not x.startswith("_")} for k, v in summaries.items()},
         "placement_diff_new_vs_modelopt": diff, "accuracy": accuracy,
@@ -201,10 +268,16 @@ def main() -> None:
     ap.add_argument("--exports", default="exports/demo-b0,exports/demo-topformer-t")
     ap.add_argument("--data", type=Path, required=True, help="CamVid root (train/, val/, …annot/)")
     ap.add_argument("--modelopt-python", required=True, help="python of a venv with nvidia-modelopt[onnx]")
-    ap.add_argument("--work", type=Path, default=Path("bench-out/qdq-placement"), help="graphs and the .npy (not committed)")
+    ap.add_argument("--work", type=Path, default=Path("bench-out/qdq-placement"),
+                    help="graphs and the .npy (not committed)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/qdq-placement"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="frames per labelled set (default: all)")
+    ap.add_argument("--method", choices=sorted(MODELOPT_METHOD), default="minmax",
+                    help="calibration method on both sides (segedge's table / ModelOpt's calibrator)")
+    ap.add_argument("--calib-seed", type=int, default=None,
+                    help="draw other calibration frames (default: the export table's draw)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="frame resamples for the mIoU-difference interval")
     a = ap.parse_args()
     from segedge.doctor import cpu_report
     from segedge.io import write_json_atomic
@@ -212,7 +285,9 @@ def main() -> None:
     for folder in [Path(p.strip()) for p in a.exports.split(",") if p.strip()]:
         res = compare_export(folder, a)
         res.update(cpu=cpu_report(), ort_threads=a.threads, python=sys.version.split()[0])
-        write_json_atomic(a.out / f"{res['model']}.json", res)
+        suffix = ("" if a.method == "minmax" else f".{a.method}") + \
+            ("" if a.calib_seed is None else f".seed{a.calib_seed}")
+        write_json_atomic(a.out / f"{res['model']}{suffix}.json", res)
         print(f"{res['model']}: Q/DQ nodes " + ", ".join(f"{k} {v['qdq_nodes']}" for k, v in res["placement"].items()))
         for name, r in res["accuracy"].items():
             print(f"  {name} ({r['frames']} frames): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in r["miou"].items()))

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from segedge.errors import SegedgeError
 from segedge.export import ExportOptions, export_model
 from segedge.export.calibration import DEFAULT_CALIB_DIR, CalibrationTable
-from segedge.export.qdq_rules import check_placement, validate_qdq
+from segedge.export.qdq_rules import check_placement, residual_adds, validate_qdq
 from segedge.export.quantize import ORT_CPU, ort_cpu_flavour, out_of_scope, quantize, select_kept_float, summarize
 from segedge.models import create_model, save_checkpoint
 from segedge.runtime.preprocess import preprocess
@@ -109,10 +109,19 @@ def test_exported_qdq_follows_the_rules_and_int8_does_not(int8_export: tuple[Pat
     assert "zero-point-int8" in rules  # the CPU flavour uses uint8 activations on purpose
     q = man["targets"]["qdq"]["quantization"]
     assert q["activation_type"] == "int8" and q["per_channel"] and q["qdq_rules"] == "passed"
-    # TensorRT's placement: inputs of weighted ops and the skip input of the 16 residual Adds (2 per transformer
-    # block), no weighted-op output read by a float op; the old placement (ORT's own) breaks it.
+    # TensorRT's placement: inputs of weighted ops and the skip input of every residual Add that fuses into a weighted
+    # op (2 per transformer block, 16, plus the decode head's), no weighted-op output read by a float op; the old
+    # placement (ORT's own) breaks it.
     assert check_placement(qm) == [] and q["qdq_placement"] == "passed" and q["placement"] == "tensorrt"
-    assert q["quantized_by_op"]["Add"] == 16
+    fusible = [a.node for a in residual_adds(qm) if a.weighted is not None]
+    assert sum(n.startswith("/backbone/") for n in fusible) == 16
+    assert q["quantized_by_op"]["Add"] == len(fusible)
+    # The 8 attention maps (Softmax → MatMul) are quantized on [0, 1], not on their calibrated range.
+    softmax = {n.output[0] for n in qm.graph.node if n.op_type == "Softmax"}
+    inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+    scales = [float(inits[n.input[1]]) for n in qm.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] in softmax]
+    assert len(scales) == 8 and np.allclose(scales, 1 / 127) and q["softmax_unit_range"]
     assert {v.rule for v in check_placement(out / "model.int8.onnx")} >= {"weighted-output"}
     i8 = man["targets"]["ort-int8"]["quantization"]
     assert i8["activation_type"] == "uint8" and not i8["per_channel"]

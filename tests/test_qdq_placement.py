@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from segedge.errors import ExportError
 from segedge.export.calibration import CalibrationTable
 from segedge.export.qdq_rules import check_placement, residual_adds, validate_qdq
 from segedge.export.quantize import (TENSORRT, TENSORRT_ORT_PLACEMENT, KeptFloat, keep_planned_qdq, quantize,
-                                     tensorrt_placement)
+                                     tensorrt_placement, unit_softmax_ranges)
 from segedge.export.targets.qdq import check_tensorrt_graph
 
 F = TensorProto.FLOAT
@@ -195,3 +196,39 @@ def test_keep_planned_qdq_moves_float_readers_back_and_drops_unread_pairs() -> N
     assert list(relu.input) == ["x"]
     assert keep_planned_qdq(m, frozenset()) == 1  # nothing planned: the activation pair goes, the weight DQ stays
     assert [n.name for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")] == ["w_DQ"]
+
+
+def _attention_like() -> onnx.ModelProto:
+    """x/4 → Softmax → Transpose → MatMul(·, w): an attention map read by a weighted op through a shape-only op,
+    and a second Softmax read twice (a float Relu too), whose Transpose keeps its calibrated range."""
+    g = _G()
+    g.inits.append(numpy_helper.from_array(np.array(0.25, np.float32), "temperature"))  # flat maps: peaks ≪ 1
+    logits = g.node("Mul", ["x", "temperature"], "logits")
+    p = g.node("Transpose", [g.node("Softmax", [logits], "softmax", axis=-1)], "pt", perm=[0, 1, 3, 2])
+    a = g.node("MatMul", [p, g.const("w", (6, 6))], "attn_v")
+    s2 = g.node("Softmax", [a], "softmax2", axis=-1)
+    t2 = g.node("Transpose", [s2], "t2", perm=[0, 1, 3, 2])
+    both = g.node("Add", [t2, g.node("Relu", [s2], "relu2")], "both")
+    return g.model(g.node("MatMul", [both, g.const("w2", (6, 6))], "out"))
+
+
+def test_softmax_outputs_are_quantized_on_zero_to_one_not_on_their_calibrated_range(tmp_path: Path) -> None:
+    model = _attention_like()
+    table = _table_for(model, tmp_path / "a.onnx")
+    assert table.ranges["pt"][1] < 0.9  # calibrated attention peaks are well below 1
+    unit = unit_softmax_ranges(model, table)
+    assert unit.ranges["softmax"] == unit.ranges["pt"] == [0.0, 1.0] == unit.ranges["softmax2"]
+    assert unit.ranges["t2"] == table.ranges["t2"]  # softmax2 has two readers: its Transpose is not followed
+    assert table.ranges["pt"] != [0.0, 1.0]  # the input table is left as it was
+    kept = [KeptFloat("softmax", "Softmax", "Softmax"), KeptFloat("softmax2", "Softmax", "Softmax")]
+
+    def input_scale(m: onnx.ModelProto) -> float:
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return next(float(inits[n.input[1]]) for n in m.graph.node if n.op_type == "QuantizeLinear"
+                    and n.input[0] == "pt")
+
+    new = quantize(tmp_path / "a.onnx", table, TENSORRT, kept)
+    assert validate_qdq(new) == [] and check_placement(new) == []
+    assert input_scale(new) == pytest.approx(1 / 127)
+    calibrated = quantize(tmp_path / "a.onnx", table, dataclasses.replace(TENSORRT, softmax_unit_range=False), kept)
+    assert input_scale(calibrated) == pytest.approx(table.ranges["pt"][1] / 127, rel=1e-5)

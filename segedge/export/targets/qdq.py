@@ -3,9 +3,10 @@
 Symmetric int8 activations and weights (zero points 0), per-channel weights on the output-channel axis, per-tensor
 activations, float weights behind Q→DQ pairs, float biases; Q/DQ placed as NVIDIA recommends: on the inputs of
 Conv/ConvTranspose/Gemm/MatMul (never their outputs) and on the skip input of residual Adds that fuse into a
-weighted op's epilogue. Ranges come from the same calibration table as ort-int8. Every file is checked with both
-rule sets of `segedge.export.qdq_rules` (`validate_qdq`: types, scales, granularity; `check_placement`: where the
-Q/DQ sit) before it is written. ONNX Runtime runs it (slowly) for the accuracy check.
+weighted op's epilogue. Ranges come from the same calibration table as ort-int8, except that attention maps (Softmax
+outputs) are quantized on their definitional range [0, 1]. Every file is checked with both rule sets of
+`segedge.export.qdq_rules` (`validate_qdq`: types, scales, granularity; `check_placement`: where the Q/DQ sit)
+before it is written. ONNX Runtime runs it (slowly) for the accuracy check.
 """
 
 from __future__ import annotations
