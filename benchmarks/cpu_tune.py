@@ -156,11 +156,16 @@ def main() -> None:
     ap.add_argument("--models", default="topformer-t,b0")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--work", type=Path, help="keep the tuned folders here (default: a temporary folder)")
     a = ap.parse_args()
     from segedge.doctor import cpu_report
 
-    with tempfile.TemporaryDirectory(prefix="cpu-tune-", dir="bench-out") as td:
-        results = [run_model(m, a.data, Path(td), a.iters) for m in a.models.split(",")]
+    if a.work:
+        a.work.mkdir(parents=True, exist_ok=True)
+        results = [run_model(m, a.data, a.work, a.iters) for m in a.models.split(",")]
+    else:
+        with tempfile.TemporaryDirectory(prefix="cpu-tune-", dir="bench-out") as td:
+            results = [run_model(m, a.data, Path(td), a.iters) for m in a.models.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
     cpu = cpu_report()
     (a.out / "cpu-tune.json").write_text(json.dumps({"cpu": cpu, "results": results}, indent=1, default=str) + "\n")

@@ -168,24 +168,53 @@ def _segedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def test_tune_folder_works_from_the_folders_onnx_and_keeps_every_other_target(tuned: Path, tmp_path: Path) -> None:
+    from segedge.tune.folder import REFERENCE, tune_folder
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tuned, folder)
+    before = json.loads((folder / "manifest.json").read_text())
+    res = tune_folder(folder, tuned.parent / "camvid", val_count=3,
+                      target_options={"cpu_candidates": "ort-fp32,ort-int8-all", "cpu_threads": "1", "cpu_iters": 2})
+    man = json.loads((folder / "manifest.json").read_text())
+    assert set(man["targets"]) == set(before["targets"]) and res.manifest["targets"]["cpu"] == man["targets"]["cpu"]
+    for name in ("onnx", "ort-int8"):  # untouched, byte for byte
+        assert man["targets"][name] == before["targets"][name]
+    cpu = man["targets"]["cpu"]
+    assert cpu["tuned"]["candidate"].startswith(("ort-fp32", "ort-int8-all")) and cpu["runtime"] == "onnxruntime"
+    assert cpu["verification"]["reference"] == REFERENCE and cpu["verification"]["argmax_agreement"] > 0.5
+    assert "fp32_onnx_miou" in cpu["verification"]["val"]
+    assert any("recorded source" in n for n in res.notes)
+    rep = json.loads((folder / "cpu-tune.json").read_text())
+    assert {r["recipe"] for r in rep["rows"]} == {"ort-fp32", "ort-int8-all"}
+    (folder / "model.onnx").write_bytes(b"not the exported graph")  # the graph it would tune from must be the folder's
+    with pytest.raises(SegedgeError, match="model.onnx changed since it was exported"):
+        tune_folder(folder, tuned.parent / "camvid", val_count=3)
+
+
 @pytest.mark.slow
-def test_tune_cli_adds_cpu_to_an_existing_folder(tmp_path: Path) -> None:
-    """`segedge tune` in a real subprocess: re-exports the same graph with the cpu target, keeps the others."""
+def test_tune_cli_adds_cpu_to_an_existing_folder_without_torch(tmp_path: Path) -> None:
+    """`segedge tune` in a real subprocess where importing torch fails (a device): the cpu target is added from the
+    folder's ONNX, the other targets stay."""
     from conftest import write_camvid_like
+    from test_torch_free import BLOCK_TORCH
 
     from segedge.export import ExportOptions, export_model
 
     data = write_camvid_like(tmp_path / "camvid")
     out = tmp_path / "exp"
-    export_model(ExportOptions("topformer-t", targets=["onnx", "ort-int8"], input_size=(128, 128),
+    export_model(ExportOptions("topformer-t", targets=["onnx", "ort-int8", "openvino"], input_size=(128, 128),
                                calib=str(data / "train"), verify_frames=1, out=out))
-    before = json.loads((out / "manifest.json").read_text())["targets"]["ort-int8"]["sha256"]
-    r = _segedge("tune", str(out), "--val", str(data), "--cpu-candidates", "ort-*", "--cpu-iters", "2",
-                 "--cpu-threads", "1", cwd=REPO)
+    before = json.loads((out / "manifest.json").read_text())["targets"]
+    code = BLOCK_TORCH + "import sys\nfrom segedge.cli import main\nmain(sys.argv[1:])\n"
+    r = subprocess.run([sys.executable, "-c", code, "tune", str(out), "--val", str(data), "--cpu-candidates",
+                        "ort-*,ov-int8-performance", "--cpu-iters", "2", "--cpu-threads", "1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "calibrating on the folder's recorded source" in r.stderr and "cpu: chose" in r.stdout
     man = json.loads((out / "manifest.json").read_text())
-    assert man["targets"]["ort-int8"]["sha256"] == before and man["targets"]["cpu"]["runtime"] == "onnxruntime"
+    assert all(man["targets"][k] == v for k, v in before.items())
+    assert man["targets"]["cpu"]["verification"]["reference"] == "fp32-onnx"
 
 
 @pytest.mark.parametrize("args, needle", [

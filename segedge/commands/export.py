@@ -94,7 +94,7 @@ def export_cmd(
 
 def print_result(result: Any, console: Any, seconds: float) -> None:
     """The export summary: notes, one line per target with its checks, calibration, budget and tuning choices."""
-    from ..export.pipeline import summarize_result
+    from ..export.assemble import summarize_result
 
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -18,8 +18,8 @@ def tune_cmd(
                                                   help="mIoU budget in points on the budget set (default 0.3)."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration frames for the INT8 candidates (default: "
                                                               "the source the folder was calibrated on)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="The checkpoint the folder was exported from, "
-                                                                  "when it has moved."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="A QAT checkpoint the folder was exported from, "
+                                                                  "when it has moved (its learned ranges)."),
     candidates: Optional[str] = typer.Option(None, "--cpu-candidates", help="Globs of candidates to try (default all)."),
     threads: Optional[str] = typer.Option(None, "--cpu-threads", help="Thread counts to try: auto (1 and 2) or e.g. "
                                                                       "'1,4'."),
@@ -30,22 +30,19 @@ def tune_cmd(
     default from then on); the candidate table and plot go to cpu-tune.md / .png."""
     from rich.console import Console
 
-    from ..export.pipeline import export_model
-    from ..tune.existing import tune_options
+    from ..tune.folder import tune_folder
     from .export import print_result
 
     console = Console(stderr=True, log_path=False)
     given = {"cpu_candidates": candidates, "cpu_threads": threads, "cpu_iters": iters}
-    opts, notes = tune_options(export_dir, val, val_count, calib, weights, max_miou_drop,
-                               {k: v for k, v in given.items() if v is not None})
     t0 = time.perf_counter()
     with console.status("tuning", spinner="dots") as status:
         def progress(msg: str) -> None:
             status.update(msg)
             console.log(msg)
 
-        result = export_model(opts, progress=progress)
-    result.notes[:0] = notes
+        result = tune_folder(export_dir, val, val_count, calib, max_miou_drop,
+                             {k: v for k, v in given.items() if v is not None}, progress, weights)
     print_result(result, console, time.perf_counter() - t0)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,71 +24,21 @@ import torch
 from ..contract import (MANIFEST_FORMAT, MANIFEST_NAME, DynamicAxes, InputContract, Manifest, ModelContract,
                         OutputContract, tool_versions, utc_now)
 from ..errors import CheckpointError, ExportError, SegedgeError
-from ..io import ensure_writable_dir, path_size, sha256_path
+from ..io import ensure_writable_dir
 from ..models import create_model, default_weights, deploy_form, get_spec, parse_size, validate_input_size
-from ..runtime.backends.base import Backend, InputSpec
-from ..runtime.preprocess import preprocess, to_raw_input
+from ..runtime.backends.base import Backend
 from . import verify as _verify
 from ..testhooks import pause_point
 from .calibration import (DEFAULT_CALIB_COUNT, CalibrationFrames, check_method, get_calibration_table,
                           load_calibration_frames)
+from .assemble import (RunBackend, build_targets, commit, make_input, pre_quant, previous_export,
+                       summarize_result, val_pairs)
 from .folder import FolderTransaction
+from .options import DEFAULT_OPSET, IO_MODES, ExportOptions, ExportResult
 from .targets import ExportContext, TargetSpec, resolve_targets
 from .targets import resolve_option_values as _resolve_option_values
 from .torch2onnx import EXPORTER, MAX_OPSET, MIN_OPSET, check, export_module, opset_of, simplify
 from .wrappers import RawIOWrapper
-
-IO_MODES = ("float", "raw")
-DEFAULT_OPSET = 17
-VERIFY_FRAMES = 4
-DEFAULT_VAL_COUNT = 32
-
-
-@dataclass
-class ExportOptions:
-    """Everything `segedge export` accepts (see the CLI help for each flag)."""
-
-    model: str
-    weights: str | Path | None = None  # None → the embedded demo checkpoint
-    targets: Sequence[str] | str = ("onnx",)
-    input_size: str | tuple[int, int] | None = None  # None → the checkpoint's training size
-    calib: Any = None  # folder | video | "dataset:ROOT[:SPLIT]" | iterable/callable of BGR frames | dataset
-    calib_count: int | None = None
-    calib_method: str = "minmax"
-    calib_seed: int = 0
-    video_step: int | None = None
-    opset: int = DEFAULT_OPSET
-    dynamic: bool = False  # dynamic batch, height and width (SegFormer)
-    dynamic_batch: bool = False  # dynamic batch only (any family)
-    io: str = "float"
-    raw_color: str = "BGR"
-    upsample: bool = False  # raw io: labels at the input size instead of the output stride
-    keep_float: Sequence[str] = ()
-    quantize_all: bool = False
-    fold: bool = True  # trace the model's exact inference form (segedge.models.deploy_form); False: as trained
-    val: Any = None  # folder | dataset | iterable/callable of (frame, label) pairs
-    val_count: int | None = DEFAULT_VAL_COUNT
-    out: str | Path | None = None
-    verify_frames: int = VERIFY_FRAMES
-    replace: bool = False  # drop the folder's other targets when they no longer fit the new graph
-    # INT8 accuracy budget (mIoU points lost vs FP32 on --val's budget half): float islands are searched until it is
-    # met (segedge.export.sensitivity); None: the family defaults.
-    max_miou_drop: float | None = None
-    # Options that only some targets take (TargetSpec.options), by name, e.g. {"ov_precision": "bf16",
-    # "ort_scope": "conv"}; one given for none of the requested targets is refused.
-    target_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ExportResult:
-    """What an export produced."""
-
-    out_dir: Path
-    manifest_path: Path
-    manifest: dict[str, Any]
-    artifacts: dict[str, Path]
-    notes: list[str] = field(default_factory=list)
-
 
 def default_out_dir(model: str, size: tuple[int, int], io: str = "float", dynamic: bool = False,
                     dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> Path:
@@ -112,28 +61,6 @@ def _prepare_out(out: Path) -> None:
         raise ExportError(f"output path {out} exists and is not a folder; choose another --out")
     ensure_writable_dir(Path(os.path.abspath(out)).parent, f"beside output folder {out}", "choose another --out",
                         ExportError)
-
-
-def _val_pairs(val: Any, count: int | None, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(frame, label) pairs from a folder (dataset layout auto-detected), a dataset, or an iterable/callable."""
-    if callable(val) and not hasattr(val, "samples"):
-        val = val()
-    if isinstance(val, (str, Path)):
-        from ..data.datasets import open_labelled_folder
-
-        val = open_labelled_folder(val, num_classes)
-    if hasattr(val, "samples") and hasattr(val, "__getitem__"):
-        if getattr(val, "num_classes", num_classes) != num_classes:
-            raise ExportError(f"--val dataset has {val.num_classes} classes but the model has {num_classes}")
-        n = len(val) if count is None else min(count, len(val))
-        return [val[i] for i in range(n)]
-    pairs = []
-    for item in val:
-        if count is not None and len(pairs) >= count:
-            break
-        frame, label = item
-        pairs.append((np.asarray(frame), np.asarray(label)))
-    return pairs
 
 
 def _torch_reference(module: torch.nn.Module, raw: bool) -> Callable[[np.ndarray], np.ndarray]:
@@ -310,12 +237,6 @@ def recorded_fold(contract: ModelContract | None) -> bool:
     return (contract.graph_form or {}).get("form") == "inference"
 
 
-def _make_input(frame: np.ndarray, size: tuple[int, int], raw: bool, raw_color: str, mean: Sequence[float],
-                std: Sequence[float]) -> np.ndarray:
-    """One BGR frame → one model-input batch, exactly as the runtime prepares it."""
-    return to_raw_input(frame, size, raw_color) if raw else preprocess(frame, size, mean, std)
-
-
 def _load_frames(plan: _Plan, say: Callable[[str], None]) -> CalibrationFrames:
     """Step 2: calibration frames (`calib_count` of them) or the few check frames an FP32 export needs."""
     opts = plan.opts
@@ -411,7 +332,7 @@ class _Checks:
         ref = _torch_reference(module, plan.raw)
         self.reference = [ref(x) for x in batches]
         opts = plan.opts
-        self.val_pairs = _val_pairs(opts.val, opts.val_count, plan.cfg["num_classes"]) if opts.val is not None \
+        self.val_pairs = val_pairs(opts.val, opts.val_count, plan.cfg["num_classes"]) if opts.val is not None \
             else None
         self._torch_miou: float | None = None
 
@@ -450,40 +371,8 @@ class _Checks:
         res = _verify.compare_run_to_torch(run, self.batches, self.reference)
         if self.val_pairs is not None:
             self.say(f"measuring {what} mIoU on {len(self.val_pairs)} labelled frames")
-            res["val"] = self.run_val(_RunBackend(run, self.contract))
+            res["val"] = self.run_val(RunBackend(run, self.contract))
         return res
-
-
-def _pre_quant(fp32_path: Path, work: Path, say: Callable[[str], None]) -> Path:
-    """The quant_pre_process'ed FP32 graph that calibration tables and ONNX INT8 targets work on (staged)."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    say("pre-processing the graph for quantization")
-    dst = work / "model.prequant.onnx"
-    try:
-        quant_pre_process(str(fp32_path), str(dst))
-    except Exception:  # noqa: BLE001 - symbolic shape inference can fail on dynamic graphs
-        quant_pre_process(str(fp32_path), str(dst), skip_symbolic_shape=True)
-    return dst
-
-
-def _build_targets(targets: Sequence[TargetSpec], ctx: ExportContext) -> dict[str, Path]:
-    """Step 4: build every target into the staging folder and record its entry; returns file name → staged path."""
-    staged: dict[str, Path] = {}
-    for t in targets:
-        ctx.progress(f"building target {t.name}")
-        art = t.build(ctx)
-        entry = dict(art.entry)
-        entry["sha256"] = sha256_path(art.path)  # a file, or a folder artifact (a CoreML .mlpackage)
-        entry["size_bytes"] = path_size(art.path)
-        if art.extra_files:  # e.g. OpenVINO's .bin: hashed too, so a stale pair is never carried over
-            entry["companion_files"] = {x.name: {"sha256": sha256_path(x), "size_bytes": path_size(x)}
-                                        for x in art.extra_files}
-        ctx.manifest.add_target(t.name, entry)
-        staged[entry["file"]] = art.path
-        for extra in art.extra_files:
-            staged[extra.name] = extra
-    return staged
 
 
 def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportResult:
@@ -498,14 +387,14 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
             else model
 
     module, reference = wrap(traced), wrap(plan.model)  # every check compares with the model as trained
-    make_input = functools.partial(_make_input, size=plan.size, raw=plan.raw, raw_color=plan.raw_color,
-                                   mean=plan.mean, std=plan.std)
-    batches, example = _check_batches(plan, frames, lambda f, at=plan.size: make_input(f, size=at))
+    to_input = functools.partial(make_input, size=plan.size, raw=plan.raw, raw_color=plan.raw_color,
+                                 mean=plan.mean, std=plan.std)
+    batches, example = _check_batches(plan, frames, lambda f, at=plan.size: to_input(f, size=at))
     txn = FolderTransaction(out)
     plan.notes.extend(txn.notes)
     try:
         onnx_model, simplifier, graph_sha, fp32_path = _trace_fp32(plan, module, example, txn.work, say)
-        old = _previous_export(out)
+        old = previous_export(out)
         _check_replacement(out, old, plan, graph_sha)
         manifest = Manifest(_contract(plan, onnx_model, simplifier, graph_sha))
         say("checking the FP32 ONNX against PyTorch")
@@ -518,19 +407,19 @@ def _export_into(out: Path, plan: _Plan, say: Callable[[str], None]) -> ExportRe
             fp32_ver["val"] = checks.run_val(OnnxRuntimeBackend(onnx_model))
         ctx = ExportContext(
             out_dir=out, stage_dir=txn.stage, options=plan.opts, manifest=manifest, fp32_model=onnx_model,
-            fp32_path=fp32_path, graph_sha256=graph_sha, input_name=plan.io_names[0], make_input=make_input,
+            fp32_path=fp32_path, graph_sha256=graph_sha, input_name=plan.io_names[0], make_input=to_input,
             frames=frames, verify=checks.verify_model, progress=say, verify_with=checks.verify_run,
-            _pre_quant=functools.partial(_pre_quant, fp32_path, txn.work, say), target_options=plan.target_options,
+            _pre_quant=functools.partial(pre_quant, fp32_path, txn.work, say), target_options=plan.target_options,
             work_dir=txn.work, torch_module=plan.model)
         ctx._calibration = lambda: get_calibration_table(
-            out, ctx.pre_quant_model(), graph_sha, frames, make_input, plan.io_names[0], plan.method,
+            out, ctx.pre_quant_model(), graph_sha, frames, to_input, plan.io_names[0], plan.method,
             plan.opts.calib_seed, say, save_to=txn.stage, work_dir=txn.work)
         ctx.cache["fp32_verification"] = fp32_ver
         ctx.cache["val_pairs"] = checks.val_pairs  # the --max-miou-drop search splits them (budget / held back)
-        staged = _build_targets(plan.targets, ctx)
+        staged = build_targets(plan.targets, ctx)
         pause_point("export:staged")
         say("writing the export folder")
-        _commit(txn, old, manifest, staged, graph_sha, plan.notes)
+        commit(txn, old, manifest, staged, graph_sha, plan.notes)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT) and (e.filename is None or txn.stage.name in str(e.filename)):
             # The staged files vanish with the abort: name the folder the user asked for, not one of them.
@@ -557,16 +446,6 @@ def _build_engines_here(out: Path, manifest: Manifest, targets: Sequence[str], s
     return Manifest.read(out)
 
 
-def _previous_export(out: Path) -> Manifest | None:
-    """The manifest already in `out` (None when there is none or it is unreadable)."""
-    if not (out / MANIFEST_NAME).is_file():
-        return None
-    try:
-        return Manifest.read(out)
-    except SegedgeError:
-        return None
-
-
 def _check_replacement(out: Path, old: Manifest | None, plan: _Plan, graph_sha: str) -> None:
     """Refuse to drop the folder's other targets silently: a new graph invalidates them unless they are re-exported
     too or `--replace` says to drop them."""
@@ -583,84 +462,5 @@ def _check_replacement(out: Path, old: Manifest | None, plan: _Plan, graph_sha: 
             "--out")
 
 
-def _kept_entries(txn: FolderTransaction, old: Manifest | None, manifest: Manifest, staged: dict[str, Path],
-                  graph_sha: str, notes: list[str]) -> list[str]:
-    """Names in the current folder that the next state keeps: the previous targets still valid for this graph (same
-    FP32 graph, files intact, not replaced), calibration tables of this graph, and files segedge does not manage."""
-    out = txn.out
-    if not out.is_dir():
-        return []
-    drop = {MANIFEST_NAME, *staged}
-    for name, entry in (old.targets.items() if old else ()):
-        files = entry.files()
-        if name in manifest.targets:
-            drop.update(files)
-            continue
-        intact = old.contract.graph_sha256 == graph_sha and all(
-            Path(f).name == f and f not in staged and (out / f).exists() for f in files) \
-            and entry.sha256 == sha256_path(out / entry.file) \
-            and all(m.get("sha256") == sha256_path(out / c) for c, m in entry.companion_files.items())
-        if intact:
-            manifest.add_target(name, entry)  # same FP32 graph: that artifact is still valid
-        else:
-            drop.update(files)
-            if old.contract.graph_sha256 == graph_sha:
-                notes.append(f"dropped target {name}: its files changed or went missing since it was exported")
-    for table in out.glob("calibration.*.json"):
-        if table.name not in drop and _table_graph(table) != graph_sha:
-            drop.add(table.name)  # statistics of another graph
-    return [p.name for p in out.iterdir() if p.name not in drop]
-
-
-def _table_graph(path: Path) -> str | None:
-    try:
-        return str(json.loads(path.read_text()).get("graph_sha256"))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _commit(txn: FolderTransaction, old: Manifest | None, manifest: Manifest, staged: dict[str, Path],
-            graph_sha: str, notes: list[str]) -> None:
-    """Complete the next state (kept files linked in, manifest last) and swap it in."""
-    txn.keep(_kept_entries(txn, old, manifest, staged, graph_sha, notes))
-    pause_point("export:kept")
-    manifest.write(txn.stage)
-    txn.commit()
-
-
-class _RunBackend(Backend):
-    """A Backend over a plain `run(batch)` function (for the --val mIoU of non-ONNX targets during export)."""
-
-    name = "export-check"
-
-    def __init__(self, run: Callable[[np.ndarray], Any], contract: ModelContract) -> None:
-        self._run = run
-        self._spec = InputSpec((1, None, None, None), contract.input.dtype)
-
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    def run_impl(self, x: np.ndarray) -> np.ndarray:
-        out = self._run(x)
-        return out[0] if isinstance(out, tuple) else out
-
-
-def summarize_result(result: ExportResult) -> list[str]:
-    """One line per target with the verification figures (what the CLI prints at the end)."""
-    lines = []
-    for name, e in result.manifest["targets"].items():
-        v = e.get("verification", {})
-        companions = (e.get("companion_files") or {}).values()  # e.g. OpenVINO's .bin: the size is the pair's
-        size = e.get("size_bytes", 0) + sum(c.get("size_bytes", 0) for c in companions)
-        line = f"{name:<13} {e['file']:<18} {e['precision']:<5} {size / 1e6:6.1f} MB"
-        if v:
-            line += f"  max|Δ| {v.get('max_abs_diff', float('nan')):.3g}  argmax agree {v.get('argmax_agreement', 0):.2%}"
-        if "val" in v and v["val"].get("miou") is not None:
-            ref = v["val"].get("pytorch_miou")
-            line += f"  mIoU {v['val']['miou']:.4f}" + (f" (PyTorch {ref:.4f})" if ref is not None else "")
-        lines.append(line)
-        engine = e.get("engine") if isinstance(e.get("engine"), dict) else None
-        if engine and engine.get("status") == "pending":
-            lines.append(f"{'':<13} engine pending (TensorRT {engine.get('generation')}): on the device run "
-                         f"`{engine.get('build_command')}`")
-    return lines
+_make_input, _pre_quant = make_input, pre_quant  # the names benchmarks and older callers import
+__all__ = ["ExportOptions", "ExportResult", "default_out_dir", "export_model", "recorded_fold", "summarize_result"]

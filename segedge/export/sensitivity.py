@@ -692,7 +692,7 @@ def export_sensitivity(folder: str | Path, target: str, val: str | Path, val_cou
 
     import onnx
 
-    from .pipeline import _pre_quant
+    from .assemble import pre_quant as _pre_quant
 
     folder, say = Path(folder), progress or (lambda msg: None)
     check_group_by(group_by)
@@ -749,7 +749,7 @@ def _val_frames(c: Any, val: str | Path, val_count: int | None, say: Callable[[s
 
 def _input_maker(c: Any) -> Callable[[np.ndarray], np.ndarray]:
     """BGR frame → model input batch, per the contract `c`."""
-    from .pipeline import _make_input
+    from .assemble import make_input as _make_input
 
     return lambda f: _make_input(f, c.input.size, c.input.io == "raw", c.input.color_order, c.input.mean, c.input.std)
 
