@@ -24,6 +24,9 @@ from test_bench_cli import _bench, _one_line_error, work  # noqa: F401 - `work` 
 
 TARGETS = ("torch", "onnx", "ort-int8")
 AVAILABLE = [n for n, s in BASELINES.items() if s.unavailable() is None]
+# B0 is exported in its inference form (folded decoder), so every baseline is also built on the graph as trained
+TRAINED = [f"{n} (as trained)" for n in AVAILABLE]
+BASE_ROWS = [*AVAILABLE, *TRAINED]
 PROVENANCE_KEYS = {"name", "library", "version", "call", "runtime", "arguments", "defaults", "threads",
                    "calibration_frames", "calibration_count"}
 
@@ -58,9 +61,9 @@ def test_baseline_rows_carry_their_provenance(run):
 
     work, out, _, res = run
     assert check_results(res) == []
-    assert [r["target"] for r in res["rows"]] == [*TARGETS, *AVAILABLE]
+    assert [r["target"] for r in res["rows"]] == [*TARGETS, *BASE_ROWS]
     info = res["settings"]["baselines"]
-    assert info["requested"] == list(BASELINES) and info["measured"] == AVAILABLE
+    assert info["requested"] == list(BASELINES) and info["measured"] == BASE_ROWS
     assert set(info["skipped"]) == set(BASELINES) - set(AVAILABLE)
     rows = {r["target"]: r for r in res["rows"]}
     for t in TARGETS:
@@ -70,6 +73,11 @@ def test_baseline_rows_carry_their_provenance(run):
         assert PROVENANCE_KEYS <= set(b) and b["name"] == name and b["arguments"] == "library defaults"
         assert b["threads"] == 1 and not rows[name]["reference"] and not rows[name]["exported_now"]
         assert f"{name} (baseline)" in out  # the terminal table marks it
+    for name in TRAINED:  # the same library call on the model traced as trained (what a user without segedge has)
+        b = rows[name]["baseline"]
+        assert b["graph"].startswith("traced as trained") and b["name"] == name.split(" ")[0]
+    if "ov-defaults" in rows:  # the folded graph does less work for the same library defaults
+        assert rows["ov-defaults (as trained)"]["artifact_bytes"] > rows["ov-defaults"]["artifact_bytes"]
     if "ort-defaults" in rows:
         b = rows["ort-defaults"]["baseline"]
         assert b["version"] == onnxruntime.__version__ and b["call"].startswith(
@@ -106,7 +114,7 @@ def test_openvino_defaults_are_what_openvino_picks(run):
 
 def test_baselines_are_timed_in_the_same_rounds(run):
     _, _, calls, res = run
-    assert calls == [[*TARGETS, *AVAILABLE]]  # one time_blocks run holds targets and baselines alike
+    assert calls == [[*TARGETS, *BASE_ROWS]]  # one time_blocks run holds targets and baselines alike
     for r in res["rows"]:
         for kind in ("inference", "end_to_end"):
             lat = r["latency"][kind]
@@ -121,7 +129,7 @@ def test_baseline_miou_and_drop(run):
     work, _, _, res = run
     rows = {r["target"]: r for r in res["rows"]}
     ref = rows["torch"]["accuracy"]["miou"]
-    for name in AVAILABLE:
+    for name in BASE_ROWS:
         acc = rows[name]["accuracy"]
         assert acc["miou"] is not None and acc["frames"] == 3
         assert acc["miou_drop"] == pytest.approx(ref - acc["miou"], abs=2e-6)
@@ -145,8 +153,8 @@ def test_baseline_miou_and_drop(run):
 def test_reports_mark_the_baselines(run):
     work, _, _, res = run
     rows = list(csv.DictReader((work / "bl-out" / "results.csv").open()))
-    assert [r["target"] for r in rows] == [*TARGETS, *AVAILABLE]
-    assert [r["baseline"] for r in rows] == ["False"] * len(TARGETS) + ["True"] * len(AVAILABLE)
+    assert [r["target"] for r in rows] == [*TARGETS, *BASE_ROWS]
+    assert [r["baseline"] for r in rows] == ["False"] * len(TARGETS) + ["True"] * len(BASE_ROWS)
     by = {r["target"]: r for r in rows}
     for name in AVAILABLE:
         assert by[name]["baseline_library"] == BASELINES[name].library and by[name]["baseline_version"]
@@ -232,7 +240,7 @@ def test_a_missing_library_skips_its_baselines_with_the_reason(work, monkeypatch
                             "--no-plots", "--baselines", "--out", "bl-missing")
     assert code == 0, err
     res = json.loads((work / "bl-missing" / "results.json").read_text())
-    assert [r["target"] for r in res["rows"]] == ["torch", "onnx", "ort-defaults"]
+    assert [r["target"] for r in res["rows"]] == ["torch", "onnx", "ort-defaults", "ort-defaults (as trained)"]
     assert res["settings"]["baselines"]["skipped"] == skipped
     notes = "\n".join(res["notes"])
     assert "baseline nncf-defaults skipped: OpenVINO is not installed" in notes  # it needs OpenVINO first

@@ -474,8 +474,11 @@ def _open_baselines(states: Sequence[_Model], main: Sequence[Entry], cfg: BenchC
     names = [n for n in BASELINES if n not in skipped]
     entries: list[Entry] = []
     frames: dict[str, str | None] = {}  # model → where its calibration frames came from
+    from ..contract import read_manifest
+
+    forms = sum(1 + bool((read_manifest(st.folders[st.size]).get("graph_form") or {}).get("folded")) for st in states)
     with ui.task(f"building the library-default baselines ({', '.join(names) or 'none available'})",
-                 len(states) * len(names)) as advance:
+                 forms * len(names)) as advance:
         try:
             for st in states:
                 opened, failed, frames[st.name] = _open_model_baselines(st, names, main, cfg, req, calib, work,
@@ -489,8 +492,10 @@ def _open_baselines(states: Sequence[_Model], main: Sequence[Entry], cfg: BenchC
         notes.append(f"baseline {name} skipped: {why}")
     return entries, {"requested": list(BASELINES), "measured": _unique([e.target for e in entries]),
                      "skipped": skipped, "calibration": frames,
-                     "method": "library defaults on each export folder's FP32 model.onnx, built before any clock "
-                               "runs and timed and evaluated with the targets in the same rounds"}
+                     "method": "library defaults on each export folder's FP32 model.onnx and, where segedge traced "
+                               "an inference form (--fold), on the model traced as trained too (rows '… (as "
+                               "trained)'), built before any clock runs and timed and evaluated with the targets in "
+                               "the same rounds"}
 
 
 def _open_model_baselines(st: _Model, names: Sequence[str], main: Sequence[Entry], cfg: BenchConfig, req: _Request,
@@ -509,17 +514,45 @@ def _open_model_baselines(st: _Model, names: Sequence[str], main: Sequence[Entry
         calib_in = calibration_inputs(folder, man, calib, cfg.calib_count)
         notes.extend(calib_in.notes)
         frames, inputs = calib_in.description, [prep.prepare(f) for f in calib_in.frames]
-    ctx = BaselineContext(st.name, folder / man["targets"]["onnx"]["file"], work / st.name, inputs,
-                          str(man["input"].get("name") or "input"), frames or "", cfg.threads)
+    graphs = {"": folder / man["targets"]["onnx"]["file"]}
+    trained = _as_trained_graph(st, man, work, notes)
+    if trained is not None:  # the graph a user without segedge would quantize: baselines on it too
+        graphs[AS_TRAINED] = trained
     entries, failed = [], {}
-    for n in names:
-        try:
-            built = build_baseline(n, ctx)
-            entries.append(_baseline_entry(st, n, built, folder, prep, req.postprocess))
-        except SegedgeError as e:  # the library's defaults fail on this model: a finding, not a reason to stop
-            failed[f"{n} ({st.name})"] = str(e)
-        advance()
+    for suffix, graph in graphs.items():
+        ctx = BaselineContext(st.name, graph, work / f"{st.name}{suffix.strip(' ()').replace(' ', '-')}", inputs,
+                              str(man["input"].get("name") or "input"), frames or "", cfg.threads)
+        for n in names:
+            try:
+                built = build_baseline(n, ctx)
+                if suffix:
+                    built.provenance["graph"] = "traced as trained (--no-fold), not segedge's inference form"
+                entries.append(_baseline_entry(st, n + suffix, built, folder, prep, req.postprocess))
+            except SegedgeError as e:  # the library's defaults fail on this model: a finding, not a reason to stop
+                failed[f"{n}{suffix} ({st.name})"] = str(e)
+            advance()
     return entries, failed, frames
+
+
+AS_TRAINED = " (as trained)"  # suffix of the baselines built on the graph traced as trained
+
+
+def _as_trained_graph(st: _Model, man: dict[str, Any], work: Path, notes: list[str]) -> Path | None:
+    """The model traced as trained (`--no-fold`) when the export folded something (None otherwise, or without
+    PyTorch, said in a note): library defaults on it are what a user gets without segedge's inference form."""
+    if not (man.get("graph_form") or {}).get("folded"):
+        return None
+    from ..toolkits import get_toolkit
+
+    why = get_toolkit("torch").unavailable()
+    if why:
+        notes.append(f"baselines on the graph as trained skipped: {why}")
+        return None
+    from ..export.pipeline import ExportOptions, export_model
+
+    res = export_model(ExportOptions(st.name, weights=st.weights_path, targets=["onnx"], input_size=st.size,
+                                     fold=False, out=work / f"{st.name}-as-trained", verify_frames=1))
+    return res.artifacts["onnx"]
 
 
 def _baseline_entry(st: _Model, name: str, built: Any, folder: Path, prep: Any, postprocess: str) -> Entry:
