@@ -50,3 +50,11 @@ def test_folded_int8_stays_as_close_to_pytorch_as_the_plain_graph(exports: dict[
         p = exports["plain"][1]["targets"][target]["verification"]
         # random-init weights: near-ties everywhere; a bad fold (wrong stage, lost bias) drops far below this
         assert f["argmax_agreement"] >= min(0.9, p["argmax_agreement"] - 0.05), (target, f, p)
+
+
+def test_ort_int8_records_its_speed_against_its_fp32_graph(exports: dict[str, tuple[Path, dict]]) -> None:
+    # the fold removed the conv whose INT8 speed-up paid for ort-int8 on B0: the export now says how it compares
+    for form in ("folded", "plain"):
+        lat = exports[form][1]["targets"]["ort-int8"]["latency"]
+        assert lat["int8_p50_ms"] > 0 and lat["fp32_p50_ms"] > 0 and lat["input"] == [1, 3, *SIZE]
+        assert lat["ratio"] == pytest.approx(lat["int8_p50_ms"] / lat["fp32_p50_ms"], rel=2e-3, abs=2e-3)

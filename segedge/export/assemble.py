@@ -163,6 +163,9 @@ def summarize_result(result: ExportResult) -> list[str]:
         line = f"{name:<13} {e['file']:<18} {e['precision']:<5} {size / 1e6:6.1f} MB"
         if v:
             line += f"  max|Δ| {v.get('max_abs_diff', float('nan')):.3g}  argmax agree {v.get('argmax_agreement', 0):.2%}"
+        lat = e.get("latency") if isinstance(e.get("latency"), dict) else None
+        if lat and lat.get("ratio") is not None:  # ort-int8: its speed against its FP32 graph on this CPU
+            line += f"  {lat['ratio']:.2f}x FP32 time here"
         if "val" in v and v["val"].get("miou") is not None:
             ref = v["val"].get("pytorch_miou")
             line += f"  mIoU {v['val']['miou']:.4f}" + (f" (PyTorch {ref:.4f})" if ref is not None else "")

@@ -39,8 +39,29 @@ def build(ctx: ExportContext) -> TargetArtifact:
                          **({"budget": budget} if budget is not None else {})},
         "calibration": calibration,
         "verification": ctx.verify(qmodel, "ort-int8"),
+        "latency": _vs_fp32(ctx, pre, qmodel),
     }
     return write_onnx_artifact(ctx, "ort-int8", FILENAME, qmodel, entry)
+
+
+def _vs_fp32(ctx: ExportContext, fp32_path: object, qmodel: object) -> dict[str, object]:
+    """p50 of the INT8 model and of its FP32 graph here (ONNX Runtime's default threads, one rotating-block run): an
+    INT8 model that is not faster than FP32 on this CPU is said at export, not found out on the device."""
+    from ...doctor import cpu_report
+    from ...tune.hints import time_runs
+    from ..verify import ort_session
+
+    x = ctx.make_input(ctx.frames.frames[0])
+    sessions = {"int8": ort_session(qmodel), "fp32": ort_session(str(fp32_path))}
+    runs = {k: (lambda sess: (lambda v: sess.run(None, {ctx.input_name: v})))(sess) for k, sess in sessions.items()}
+    p50 = time_runs(runs, x)
+    ratio = p50["int8"] / p50["fp32"]
+    if ratio >= 1.0:
+        ctx.progress(f"warning: ort-int8 runs at {ratio:.2f}x the time of its FP32 graph on this CPU "
+                     f"({p50['int8']:.2f} vs {p50['fp32']:.2f} ms); `--target cpu` measures every runtime and picks "
+                     "the fastest")
+    return {"int8_p50_ms": round(p50["int8"], 3), "fp32_p50_ms": round(p50["fp32"], 3), "ratio": round(ratio, 3),
+            "threads": "onnxruntime default", "cpu": cpu_report().get("model"), "input": list(x.shape)}
 
 
 def parse_scope(value: object) -> str:
