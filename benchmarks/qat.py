@@ -2,13 +2,18 @@
 (`segedge train --qat`), on CamVid val and on the held-out dusk drive 0001TP.
 
 For each model, from its demo checkpoint: one PTQ export (`--target ort-int8`, which writes qdq too; 32 CamVid train
-frames, MinMax, as the demo exports); then per target a QAT fine-tune on CamVid train WITHOUT the 0001TP frames (a
+frames, MinMax, as the demo exports); then per target and per QAT objective (--losses: labels = cross-entropy,
+distill = KL to the frozen original model, mixed) a QAT fine-tune on CamVid train WITHOUT the 0001TP frames (a
 symlinked copy of the split under --work, so the dusk drive stays held out) and its export with the learned ranges.
+Each run checkpoints every --checkpoint-every iterations and resumes when the script is started again; finished runs
+and exports are reused.
 Every INT8 model is compared with the ORIGINAL FP32 model (the drop a user sees), on all of CamVid val and on the
 0001TP frames that are not PTQ calibration frames (benchmarks/int8_budget.py `dusk_set`). ORT runs with 1 thread,
 torch trains with --threads. Aggregate JSON + README.md go to benchmarks/results/qat/; nothing derived from CamVid.
 
-    nohup nice -n 10 .venv/bin/python benchmarks/qat.py > bench-out/qat.log 2>&1 &
+    nohup nice -n 10 .venv/bin/python benchmarks/qat.py --iters 150 > bench-out/qat-kd-topformer.log 2>&1 &
+    nohup nice -n 10 .venv/bin/python benchmarks/qat.py --models segformer-b0 --targets qdq --losses distill labels \
+        --iters 150 > bench-out/qat-kd-b0.log 2>&1 &
     nohup nice -n 10 .venv/bin/python benchmarks/qat.py --no-islands --targets qdq --iters 150 > bench-out/qat-ni.log 2>&1 &
     .venv/bin/python benchmarks/qat.py --readme-only   # README.md from the JSON (hand-written notes are kept)
 """
@@ -53,20 +58,29 @@ def ptq_export(model: str, weights: Path, camvid: Path, out: Path, targets: str)
     return out
 
 
-def qat_train(model: str, weights: Path, data: Path, out: Path, target: str, a: argparse.Namespace) -> dict:
-    """`segedge train --qat`: returns the run summary (wall time included)."""
+def qat_train(model: str, weights: Path, data: Path, out: Path, target: str, loss: str, a: argparse.Namespace) -> dict:
+    """`segedge train --qat --qat-loss LOSS` (the CLI's defaults for that loss unless --lr is given): returns the run
+    summary (wall time included). Resumes an interrupted run from its last checkpoint (--val-every)."""
+    from segedge.training.config import qat_defaults
     from segedge.training.trainer import TrainConfig, Trainer
 
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
+    d = qat_defaults(loss)
+    lr, scale_lr = (a.lr, None) if a.lr else (d["lr"], d["qat_scale_lr"])
+    scale_lr = a.scale_lr or scale_lr
     cfg = TrainConfig(model=model, data=str(data), out=str(out), input_size=(384, 512), iters=a.iters,
-                      batch_size=a.batch_size, lr=a.lr, warmup_iters=20, val_every=a.iters, val_limit=1,
-                      threads=a.threads, weights=str(weights), qat=True, qat_target=target, log_every=20,
-                      command=f"segedge train --qat --qat-target {target} --iters {a.iters} --batch-size "
-                              f"{a.batch_size} --lr {a.lr}")
+                      batch_size=a.batch_size, lr=lr, qat_scale_lr=scale_lr, warmup_iters=d["warmup_iters"],
+                      val_every=a.checkpoint_every, val_limit=1, threads=a.threads, weights=str(weights), qat=True,
+                      qat_target=target, qat_loss=loss, log_every=20,
+                      command=f"segedge train --qat --qat-target {target} --qat-loss {loss} --iters {a.iters} "
+                              f"--batch-size {a.batch_size}" + (f" --lr {a.lr}" if a.lr else "")
+                              + (f" --qat-scale-lr {a.scale_lr}" if a.scale_lr else ""))
     t0 = time.time()
-    summary = Trainer(cfg).run()
-    summary["process_wall_s"] = round(time.time() - t0, 1)  # model load + calibration + preload + training
+    trainer = Trainer(cfg)
+    summary = trainer.run(resume=(out / "train_state.pt").exists())
+    summary["process_wall_s"] = round(time.time() - t0 + trainer.wall_before, 1)  # load + calibration + preload + train
+    summary.update(loss=loss, lr=lr, scale_lr=scale_lr or lr)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -80,7 +94,10 @@ def evaluate(model_files: dict[str, Path], ref_dir: Path, camvid: Path) -> dict:
 
     from segedge.contract import Manifest
     from segedge.data.datasets import open_dataset
-    from segedge.export.pipeline import _make_input
+    try:  # the export's own input maker (moved from pipeline._make_input to assemble.make_input)
+        from segedge.export.assemble import make_input as _make_input
+    except ImportError:
+        from segedge.export.pipeline import _make_input
     from segedge.export.sensitivity import compare_logits, labelled_set, miou_of, run_logits
 
     c = Manifest.read(ref_dir).contract
@@ -116,8 +133,13 @@ def cpu_line() -> str:
 FILES = {"qdq": "model.qdq.onnx", "ort-int8": "model.int8.onnx"}
 
 
+def run_name(model: str, target: str, loss: str, tag: str = "") -> str:
+    """The work sub-folder of one QAT run (the labels runs kept their pre-distillation name)."""
+    return f"{model}-qat-{target}" + ("" if loss == "labels" else f"-{loss}") + (f"-{tag}" if tag else "")
+
+
 def run_model(model: str, a: argparse.Namespace, camvid: Path, work: Path) -> dict:
-    """PTQ export, QAT per target, their exports, evaluation; returns the figures."""
+    """PTQ export, QAT per target and loss, their exports, evaluation; returns the figures."""
     from segedge.models import default_weights
 
     demo = default_weights(model)
@@ -127,41 +149,57 @@ def run_model(model: str, a: argparse.Namespace, camvid: Path, work: Path) -> di
     files, runs = {}, {}
     for target in a.targets:
         files[f"{target}.ptq"] = ptq / FILES[target]
-        print(f"{model}: QAT for {target}", flush=True)
-        run = work / f"{model}-qat-{target}"
-        summary = qat_train(model, demo, data, run / "run", target, a)
-        qexp = ptq_export(model, run / "run" / "last.safetensors", camvid, run / "export", target)
-        files[f"{target}.qat"] = qexp / FILES[target]
-        files[f"{target}.qat_fp32"] = qexp / "model.onnx"
-        entry = json.loads((qexp / "manifest.json").read_text())["targets"][target]
-        runs[target] = {"train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
-                        "process_wall_s": summary.get("process_wall_s"), "iterations": summary["iterations"],
-                        "calibration": {k: entry["calibration"][k] for k in ("method", "base_method", "qat")},
-                        "qdq_rules": entry["quantization"].get("qdq_rules")}
+        for loss in a.losses:
+            print(f"{model}: QAT for {target}, loss {loss} {a.tag}", flush=True)
+            run = work / run_name(model, target, loss, a.tag)
+            summary = qat_train(model, demo, data, run / "run", target, loss, a)
+            qexp = ptq_export(model, run / "run" / "last.safetensors", camvid, run / "export", target)
+            name = loss + (f"-{a.tag}" if a.tag else "")
+            files[f"{target}.qat-{name}"] = qexp / FILES[target]
+            files[f"{target}.qat-{name}_fp32"] = qexp / "model.onnx"
+            entry = json.loads((qexp / "manifest.json").read_text())["targets"][target]
+            runs[f"{target}.{name}"] = {
+                "target": target, "loss": loss, "variant": a.tag,  # runs before --qat-loss: labels at 5e-5
+                "lr": summary.get("lr", 5e-5), "scale_lr": summary.get("scale_lr", 5e-5),
+                "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
+                "process_wall_s": summary.get("process_wall_s"), "iterations": summary["iterations"],
+                "calibration": {k: entry["calibration"][k] for k in ("method", "base_method", "qat")},
+                "qdq_rules": entry["quantization"].get("qdq_rules")}
     print(f"{model}: evaluating", flush=True)
     figs = evaluate(files, ptq, camvid)
-    return {"model": model, "cpu": cpu_line(), "schedule": {"iters": a.iters, "batch_size": a.batch_size, "lr": a.lr,
+    return {"model": model, "cpu": cpu_line(), "schedule": {"batch_size": a.batch_size,
             "warmup_iters": 20, "crop": "384x512", "threads": a.threads,
             "train_set": f"CamVid train without {HELD_OUT} ({HELD_OUT} held out)"}, "qat_runs": runs, "figures": figs}
 
 
+def _cell(f: dict, s: str, key: str) -> str:
+    return f"{f[s][key]['drop_pt']:+.2f}" if key in f[s] else "—"
+
+
 def _table(res: dict) -> list[str]:
-    """The README rows of one model: drop vs FP32 per target, PTQ vs QAT, on val and on 0001TP."""
+    """The README rows of one model: PTQ, then each QAT loss; drop vs the original FP32 on val and on 0001TP."""
     f, rows = res["figures"], []
+    name = res["model"] + (" (no float islands)" if "none" in res.get("float_islands", "") else "")
     for target in ("qdq", "ort-int8"):
-        if f"{target}.qat" not in f["val"]:
+        if f"{target}.ptq" not in f["val"]:
             continue
-        run = res["qat_runs"][target]
-        cells = []
-        for s in ("val", "dusk_0001TP"):
-            for kind in ("ptq", "qat"):
-                cells.append(f"{f[s][f'{target}.{kind}']['drop_pt']:+.2f}")
-        qfp = " / ".join(f"{100 * f[s][f'{target}.qat_fp32']['miou']:.2f}" for s in ("val", "dusk_0001TP"))
-        own = " / ".join(f"{100 * (f[s][f'{target}.qat_fp32']['miou'] - f[s][f'{target}.qat']['miou']):+.2f}"
-                         for s in ("val", "dusk_0001TP"))
-        name = res["model"] + (" (no float islands)" if "none" in res.get("float_islands", "") else "")
-        rows.append(f"| {name} | {target} | {' | '.join(cells)} | {qfp} | {own} | {run['iterations']} | "
-                    f"{run['train_seconds'] / 60:.1f} ({run['process_wall_s'] / 60:.1f}) |")
+        ptq = [f["val"][f"{target}.ptq"]["drop_pt"], f["dusk_0001TP"][f"{target}.ptq"]["drop_pt"]]
+        rows.append(f"| {name} | {target} | PTQ default | {ptq[0]:+.2f} | {ptq[1]:+.2f} | — | — | "
+                    f"{'yes' if max(ptq) <= 0.1 else 'no'} | — | — |")
+        for key, run in res["qat_runs"].items():
+            if run.get("target", key.split(".")[0]) != target:
+                continue
+            loss = run.get("loss", "labels") + (f"-{run['variant']}" if run.get("variant") else "")
+            q = f"{target}.qat-{loss}" if f"{target}.qat-{loss}" in f["val"] else f"{target}.qat"
+            drops = [f[s][q]["drop_pt"] for s in ("val", "dusk_0001TP")]
+            own_fp32 = " / ".join(f"{f[s][q + '_fp32']['drop_pt']:+.2f}" for s in ("val", "dusk_0001TP"))
+            vs_own = " / ".join(f"{100 * (f[s][q + '_fp32']['miou'] - f[s][q]['miou']):+.2f}"
+                                for s in ("val", "dusk_0001TP"))
+            proc = run.get("process_wall_s") or run["wall_seconds"]
+            rows.append(f"| {name} | {target} | QAT {loss} (lr {run.get('lr', 5e-5):g}, scales "
+                        f"{run.get('scale_lr', 5e-5):g}) | {drops[0]:+.2f} | {drops[1]:+.2f} | {own_fp32} | {vs_own} | "
+                        f"{'yes' if max(drops) <= 0.1 else 'no'} | {run['iterations']} | "
+                        f"{run['train_seconds'] / 60:.1f} ({proc / 60:.1f}) |")
     return rows
 
 
@@ -175,15 +213,16 @@ def write_readme(results: list[dict]) -> Path:
         "(the demo checkpoint's FP32 ONNX); positive = INT8 is worse. PTQ = today's default export (32 CamVid train "
         "frames, MinMax, family float islands). QAT = fine-tuned from the demo checkpoint with fake-quant matching the "
         "target, then exported with the learned activation ranges (manifest `calibration.method = \"qat\"`).", "",
-        f"QAT schedule: batch {sch['batch_size']}, crop {sch['crop']}, AdamW lr {sch['lr']}, "
-        f"{sch['warmup_iters']} warm-up iterations, poly decay, BN folded and frozen, torch threads {sch['threads']}. "
-        f"Training set: {sch['train_set']} — CamVid train contains the dusk drive 0001TP, so it was left out of QAT "
-        "for the held-out column; val is the usual 101 CamVid val frames; 0001TP = its train frames minus the PTQ "
-        "calibration frames.", "",
+        f"QAT schedule: batch {sch['batch_size']}, crop {sch['crop']}, AdamW, {sch['warmup_iters']} warm-up "
+        "iterations, poly decay, BN folded and frozen, torch threads "
+        f"{sch['threads']}; lr per row (weights, activation scales). Training set: {sch['train_set']} — CamVid train "
+        "contains the dusk drive 0001TP, so it was left out of QAT for the held-out column; val is the usual 101 "
+        "CamVid val frames; 0001TP = its train frames minus the PTQ calibration frames. `labels` = cross-entropy on "
+        "the CamVid labels; `distill` = KL to the frozen original FP32 model (T = 1), no labels.", "",
         f"CPU: {r0['cpu']} (shared with other jobs while this ran, so wall times are upper bounds; the lead re-runs "
         "timing on a quiet machine).", "",
-        "| model | target | val PTQ | val QAT | 0001TP PTQ | 0001TP QAT | QAT FP32 mIoU % (val / 0001TP) | QAT INT8 vs "
-        "its own FP32 (val / 0001TP) | QAT iters | QAT train min (process min) |",
+        "| model | target | INT8 model | val drop | 0001TP drop | its FP32 drop (val / 0001TP) | INT8 vs its own "
+        "FP32 (val / 0001TP) | ≤ 0.1 pt on both | QAT iters | QAT train min (process min) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
@@ -202,8 +241,10 @@ def write_readme(results: list[dict]) -> Path:
 
 
 def _results(models: list[str]) -> list[dict]:
-    """The JSON figures written so far: each model's default run, then its --no-islands run when there is one."""
-    paths = [HERE / f"{m}{s}.json" for m in models for s in ("", ".no-islands")]
+    """The JSON figures written so far for `models` first, then for any other model: each model's default run, then
+    its --no-islands run when there is one (the README always shows every model measured)."""
+    others = sorted({p.name.split(".")[0] for p in HERE.glob("*.json")} - set(models))
+    paths = [HERE / f"{m}{s}.json" for m in [*models, *others] for s in ("", ".no-islands")]
     return [json.loads(p.read_text()) for p in paths if p.exists()]
 
 
@@ -214,7 +255,12 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=["qdq", "ort-int8"])
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--losses", nargs="+", default=["labels", "distill"], choices=["labels", "distill", "mixed"])
+    ap.add_argument("--lr", type=float, default=None, help="Weights and scales lr (default: the CLI's per loss).")
+    ap.add_argument("--scale-lr", type=float, default=None, help="Activation-scale lr (default: the loss's).")
+    ap.add_argument("--tag", default="", help="A variant name for runs with non-default --lr/--scale-lr: its run "
+                    "folder and JSON keys get '-TAG', next to the default runs.")
+    ap.add_argument("--checkpoint-every", type=int, default=50, help="Checkpoint (and resume) every N iterations.")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--camvid", default="../shared/datasets/camvid")
     ap.add_argument("--work", default="bench-out/qat")
@@ -239,7 +285,13 @@ def main() -> None:
     for model in a.models:
         res = run_model(model, a, Path(a.camvid), Path(a.work))
         res["float_islands"] = "none (--no-islands)" if a.no_islands else "family defaults"
-        (HERE / f"{model}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
+        out = HERE / f"{model}{suffix}.json"
+        if out.exists():  # runs of earlier invocations (other targets, losses, variants) stay in the figures
+            old = json.loads(out.read_text())
+            res["qat_runs"] = {**old.get("qat_runs", {}), **res["qat_runs"]}
+            for s, figs in old.get("figures", {}).items():
+                res["figures"][s] = {**figs, **res["figures"].get(s, {})}
+        out.write_text(json.dumps(res, indent=2) + "\n")
         print(f"{model}: wrote {HERE / f'{model}{suffix}.json'}", flush=True)
     if not a.no_islands:
         print(write_readme(_results(a.models)))

@@ -18,7 +18,8 @@ from segedge.export.qat_ranges import module_scope, read_qat_record
 from segedge.export.qdq_rules import check_placement, validate_qdq
 from segedge.models import create_model, read_checkpoint, save_checkpoint
 from segedge.models.topformer import Conv2dBN
-from segedge.training.qat import ActQuant, fake_quant_weight, fold_frozen_batchnorm, scale_zp_from_range
+from segedge.training.qat import (ActQuant, QatModel, QatObjective, distill_loss, fake_quant_weight, fold_frozen_batchnorm,
+                                  make_teacher, prepare_qat, scale_zp_from_range)
 from segedge.training.trainer import TrainConfig, Trainer
 
 SIZE = (64, 128)  # TopFormer needs multiples of 64
@@ -90,6 +91,72 @@ def test_module_scope_undoes_torch_onnx_sequential_names() -> None:
     assert module_scope("/backbone/block1/0/mlp/dwconv/dwconv") == "/backbone/block1/0/mlp/dwconv/dwconv"
 
 
+# -- the distillation objective ---------------------------------------------------------------------------------------
+
+def test_distill_loss_is_the_pixel_mean_kl() -> None:
+    t = torch.tensor([2.0, 0.0, -1.0]).reshape(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    s = torch.zeros(1, 3, 2, 2)
+    s[..., 0, 0] = torch.tensor([2.0, 0.0, -1.0])  # one pixel agrees, three do not
+    p = torch.softmax(torch.tensor([2.0, 0.0, -1.0]), 0)
+    kl = float((p * (p.log() - torch.log(torch.full((3,), 1 / 3)))).sum())
+    assert float(distill_loss(s, t)) == pytest.approx(0.75 * kl, rel=1e-5)
+    assert float(distill_loss(t, t)) == pytest.approx(0.0, abs=1e-7)
+    # at T the loss is T² × KL of the softened distributions
+    pt = torch.softmax(torch.tensor([2.0, 0.0, -1.0]) / 2, 0)
+    kl2 = float((pt * (pt.log() - torch.log(torch.full((3,), 1 / 3)))).sum())
+    assert float(distill_loss(s, t, temperature=2.0)) == pytest.approx(4 * 0.75 * kl2, rel=1e-5)
+
+
+def _tiny_student_and_teacher() -> tuple[torch.nn.Module, torch.nn.Module, QatModel, torch.Tensor]:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(Conv2dBN(3, 16, 3, pad=1), torch.nn.ReLU(), Conv2dBN(16, 16, 3, pad=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 5, 1)).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 2.0)
+    x = torch.randn(4, 3, 12, 12)
+    teacher = make_teacher(m)
+    qat = prepare_qat(m, "qdq", "tiny", "tiny", x[:1])
+    # calibrated on frames 30× brighter: a coarse int8 grid for x, a quantization error worth distilling away
+    qat.calibrate(m, [30 * x[i:i + 1] for i in range(4)])
+    return m, teacher, qat, x
+
+
+def test_distill_loss_is_zero_without_fake_quant_and_falls_while_training() -> None:
+    student, teacher, qat, x = _tiny_student_and_teacher()
+    objective = QatObjective("distill")
+    no_ce = lambda: pytest.fail("distill must not use the labels")  # noqa: E731
+    qat.enabled = False  # BN folded but no fake-quant: the very function of the teacher
+    with torch.no_grad():
+        assert float(objective(student(x), teacher(x), no_ce)) < 1e-9
+    qat.enabled = True
+    with torch.no_grad():
+        target = teacher(x)
+        before = float(objective(student(x), target, no_ce))
+    assert before > 1e-3  # int8 fake-quant of the two inner convs moves the logits
+    params = [p for p in student.parameters() if p.requires_grad] + list(qat.parameters())
+    opt = torch.optim.Adam(params, lr=2e-3)
+    for _ in range(60):
+        loss = objective(student(x), target, no_ce)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(objective(student(x), target, no_ce))
+    assert after < 0.5 * before, (before, after)
+    assert not any(p.grad is not None for p in teacher.parameters())  # the teacher stays frozen
+
+
+def test_mixed_objective_adds_weighted_labels() -> None:
+    s, t = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
+    ce = lambda: torch.tensor(2.0)  # noqa: E731
+    kd = float(distill_loss(s, t, 2.0))
+    assert float(QatObjective("mixed", 2.0, 0.25)(s, t, ce)) == pytest.approx(kd + 0.5, rel=1e-6)
+    assert float(QatObjective("labels")(s, None, ce)) == 2.0
+
+
 # -- a few real QAT steps and their export --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -152,6 +219,8 @@ def test_qat_export_applies_learned_scales_and_passes_tensorrt_rules(qat_run: tu
     cal = res.manifest["targets"]["qdq"]["calibration"]
     assert cal["method"] == "qat" and cal["base_method"] == "minmax" and cal["qat"]["applied"]
     assert cal["qat"]["tensors_overridden"] > 20 and cal["qat"]["tensors_merged"] == 0
+    assert cal["qat"]["objective"] == read_qat_record(last)["objective"]
+    assert cal["qat"]["objective"]["loss"] == "distill" and cal["qat"]["objective"]["temperature"] == 1.0
     qm = onnx.load(str(res.out_dir / "model.qdq.onnx"))
     assert validate_qdq(qm) == [] and check_placement(qm) == []
     # read the Q scale of one Conv input back: the learned range / 127, not the calibrated one
@@ -196,6 +265,23 @@ def test_qat_resume_is_exact(qat_run: tuple, tmp_path: Path) -> None:
     assert a == b
 
 
+def test_qat_loss_flag_round_trips_into_the_checkpoint(qat_run: tuple, capsys, tmp_path: Path) -> None:
+    tmp, _, _, root = qat_run
+    code, out, err = run(capsys, "train", "--model", "topformer-t", "--data", str(root), "--input-size", "64x128",
+                         "--iters", "1", "--batch-size", "2", "--threads", "2", "--out", str(tmp_path / "run"),
+                         "--qat", "--weights", str(tmp / "fp32.safetensors"), "--qat-target", "ort-int8",
+                         "--qat-loss", "mixed", "--qat-ce-weight", "0.3")
+    assert code == 0, err
+    last = tmp_path / "run" / "last.safetensors"
+    rec = read_qat_record(last)
+    assert rec["target"] == "ort-int8"
+    assert rec["objective"] == {"loss": "mixed", "temperature": 1.0, "ce_weight": 0.3,
+                                "teacher": "the --weights FP32 model, frozen (BN in eval)"}
+    config = read_checkpoint(last, "topformer-t").meta["provenance"]["config"]
+    assert config["qat_loss"] == "mixed" and config["lr"] == 1e-5 and config["qat_scale_lr"] == 5e-5  # its defaults
+    # the manifest side: test_qat_export_applies_learned_scales_and_passes_tensorrt_rules (distill, through export)
+
+
 # -- bad input ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra,needle", [
@@ -203,6 +289,9 @@ def test_qat_resume_is_exact(qat_run: tuple, tmp_path: Path) -> None:
     (["--qat-target", "qdq"], "add --qat"),
     (["--qat", "--weights", "w.safetensors", "--qat-target", "trt"], "--qat-target"),
     (["--qat", "--weights", "w.safetensors", "--amp", "bf16"], "drop --amp"),
+    (["--qat", "--weights", "w.safetensors", "--qat-loss", "kl"], "unknown --qat-loss 'kl'"),
+    (["--qat-loss", "distill"], "add --qat"),
+    (["--qat", "--weights", "w.safetensors", "--qat-temperature", "0"], "--qat-temperature"),
 ])
 def test_qat_bad_input_is_one_line(camvid_like: Path, tmp_path: Path, capsys, extra: list[str], needle: str) -> None:
     code, out, err = run(capsys, "train", "--model", "topformer-t", "--data", str(camvid_like), "--iters", "2",

@@ -22,8 +22,8 @@ def train(
     iters: int = typer.Option(0, "--iters", help="Schedule length in iterations."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per iteration (memory is estimated and "
                                    "a batch the machine cannot hold is refused before training)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate, in (0, 1] (default 2e-3; 5e-5 "
-                                       "with --qat)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate, in (0, 1] (default 2e-3; with "
+                                       "--qat 1e-5, or 5e-5 for --qat-loss labels)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay, >= 0."),
     warmup_iters: Optional[int] = typer.Option(None, "--warmup-iters",
                                                help="Linear warm-up length, >= 0 (default 300; 20 with --qat)."),
@@ -41,6 +41,15 @@ def train(
     qat_target: Optional[str] = typer.Option(None, "--qat-target",
                                              help="qdq (TensorRT: s8 per-channel weights, s8 symmetric activations) "
                                              "| ort-int8 (u8s8); default qdq."),
+    qat_loss: Optional[str] = typer.Option(None, "--qat-loss",
+                                           help="distill (default: KL to the frozen --weights model, which learns to "
+                                           "reproduce it under INT8) | labels (cross-entropy) | mixed (distill + "
+                                           "--qat-ce-weight x cross-entropy)."),
+    qat_temperature: float = typer.Option(1.0, "--qat-temperature", help="Softmax temperature of the distillation."),
+    qat_ce_weight: float = typer.Option(0.1, "--qat-ce-weight", help="Label cross-entropy weight of --qat-loss mixed."),
+    qat_scale_lr: Optional[float] = typer.Option(None, "--qat-scale-lr",
+                                                 help="Peak lr of the learned activation scales (default 5e-5 for "
+                                                 "distill/mixed, --lr for labels)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads, >= 1 (default: all)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: best/last checkpoints, logs, summary."),
@@ -55,19 +64,26 @@ def train(
     from ..training.config import TrainConfig, validate_config
     from . import parse_size_strict
 
-    if qat_target is not None and not qat:
-        from ..errors import SegedgeError
+    from ..training.config import check_qat_loss, qat_defaults
 
-        raise SegedgeError("--qat-target only applies to quantization-aware fine-tuning: add --qat (and --weights)")
+    for flag, value in (("--qat-target", qat_target), ("--qat-loss", qat_loss), ("--qat-scale-lr", qat_scale_lr)):
+        if value is not None and not qat:
+            from ..errors import SegedgeError
+
+            raise SegedgeError(f"{flag} only applies to quantization-aware fine-tuning: add --qat (and --weights)")
+    qat_loss = check_qat_loss(qat_loss or "distill")
     # QAT starts from a trained model: a small learning rate and a short warm-up keep step 0 close to PTQ.
-    lr = lr if lr is not None else (5e-5 if qat else 2e-3)
-    warmup_iters = warmup_iters if warmup_iters is not None else (20 if qat else 300)
+    defaults = qat_defaults(qat_loss) if qat else {"lr": 2e-3, "qat_scale_lr": None, "warmup_iters": 300}
+    lr = lr if lr is not None else defaults["lr"]
+    qat_scale_lr = qat_scale_lr if qat_scale_lr is not None else defaults["qat_scale_lr"]
+    warmup_iters = warmup_iters if warmup_iters is not None else defaults["warmup_iters"]
     cfg = TrainConfig(
         model=model, data=str(data), dataset=dataset, out=str(out), iters=iters, epochs=epochs,
         batch_size=batch_size, strict=strict,
         lr=lr, weight_decay=weight_decay, warmup_iters=warmup_iters, val_every=val_every,
         class_weighting=class_weighting, amp=amp, num_classes=num_classes, weights=str(weights) if weights else None,
         threads=threads, seed=seed, qat=qat, qat_target=qat_target or "qdq",
+        qat_loss=qat_loss, qat_temperature=qat_temperature, qat_ce_weight=qat_ce_weight, qat_scale_lr=qat_scale_lr,
         command="segedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     validate_config(cfg)  # the plain options first, before torch is imported: a bad flag is reported at once

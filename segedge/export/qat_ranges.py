@@ -109,6 +109,8 @@ def calibration_for(ctx: Any, target: str) -> tuple[CalibrationTable, dict[str, 
         entry.update(method="qat", base_method=table.method, qat={
             "applied": True, "learned_for": target, "learned_ranges": len(record["ranges"]),
             "tensors_overridden": applied, "tensors_merged": merged, "scheme": record.get("scheme", {}),
-            "kept_float_in_training": len(record.get("kept_float", {}))})
+            "kept_float_in_training": len(record.get("kept_float", {})),
+            # records written before --qat-loss existed were all trained on the labels
+            "objective": record.get("objective") or {"loss": "labels"}})
     ctx.cache[key] = (table, entry)
     return table, entry

@@ -9,10 +9,11 @@ from .limits import MAX_CLASSES, MAX_SCALE, MAX_SEED, MAX_THREADS, check_float, 
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 QAT_TARGETS = ("qdq", "ort-int8")  # the INT8 targets `--qat` can match (segedge.training.qat)
+QAT_LOSSES = ("distill", "labels", "mixed")  # the QAT objective (segedge.training.qat.qat_loss)
 # Settings that shape the trajectory: resuming with a different value gives a run no uninterrupted run would give.
 TRAJECTORY_FIELDS = ("model", "dataset", "input_size", "crop_size", "iters", "batch_size", "lr", "weight_decay",
                      "warmup_iters", "poly_power", "scale_range", "class_weighting", "amp", "seed", "num_classes", "qat",
-                     "qat_target")
+                     "qat_target", "qat_loss", "qat_temperature", "qat_ce_weight", "qat_scale_lr")
 
 
 @dataclass
@@ -48,6 +49,10 @@ class TrainConfig:
     command: str = ""
     qat: bool = False  # quantization-aware fine-tuning of --weights (segedge.training.qat)
     qat_target: str = "qdq"  # the INT8 target whose scheme the fake-quant matches: qdq | ort-int8
+    qat_loss: str = "distill"  # distill: KL to the frozen --weights model; labels: cross-entropy; mixed: both
+    qat_temperature: float = 1.0  # softmax temperature of the distillation KL
+    qat_ce_weight: float = 0.1  # weight of the label cross-entropy under --qat-loss mixed
+    qat_scale_lr: float | None = None  # peak lr of the learned activation scales (None: --lr)
     extra: dict = field(default_factory=dict)
 
 
@@ -103,10 +108,34 @@ def _validate_qat(cfg: TrainConfig) -> None:
     if not cfg.qat:
         return
     check_qat_target(cfg.qat_target)
+    cfg.qat_loss = check_qat_loss(cfg.qat_loss)
+    cfg.qat_temperature = check_float("--qat-temperature", cfg.qat_temperature, high=100.0,
+                                      hint="1 matches the teacher's probabilities as they are; 2-4 softens them")
+    cfg.qat_ce_weight = check_float("--qat-ce-weight", cfg.qat_ce_weight, low_inclusive=True, high=100.0,
+                                    hint="0.1 keeps the labels a small correction to the teacher")
+    if cfg.qat_scale_lr is not None:
+        cfg.qat_scale_lr = check_float("--qat-scale-lr", cfg.qat_scale_lr, high=1.0, hint="e.g. 5e-5")
     if not cfg.weights:
         raise SegedgeError("--qat fine-tunes a trained model: pass its checkpoint with --weights FP32.safetensors")
     if cfg.amp != "none":
         raise SegedgeError(f"--qat trains in float32 (fake-quant has no {cfg.amp} kernels): drop --amp {cfg.amp}")
+
+
+def qat_defaults(loss: str) -> dict:
+    """Default lr / activation-scale lr / warm-up of a QAT run for its objective. Distillation moves the weights 5×
+    less than the labels recipe (1e-5: they only have to absorb the quantization error, and a larger step let them
+    drift off the held-out drive), while the activation scales keep the labels recipe's 5e-5."""
+    if check_qat_loss(loss) == "labels":
+        return {"lr": 5e-5, "qat_scale_lr": None, "warmup_iters": 20}
+    return {"lr": 1e-5, "qat_scale_lr": 5e-5, "warmup_iters": 20}
+
+
+def check_qat_loss(loss: str) -> str:
+    """`loss` when it is a QAT objective, else a one-line SegedgeError."""
+    v = str(loss).strip().lower()
+    if v not in QAT_LOSSES:
+        raise SegedgeError(f"unknown --qat-loss '{loss}': choose one of {', '.join(QAT_LOSSES)}")
+    return v
 
 
 def check_qat_target(target: str) -> str:

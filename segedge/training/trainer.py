@@ -234,6 +234,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.amp]
         self._check_memory()
         self.model.to(self.device)
+        self.teacher: torch.nn.Module | None = None  # the frozen original model of --qat-loss distill|mixed
         self.qat = self._prepare_qat(spec.family) if cfg.qat else None
         self._qat_resume: dict | None = None  # the ranges of the checkpoint a QAT run resumes from
         # fp16 autocast needs loss scaling or small gradients flush to zero; bf16 has fp32's range and needs none.
@@ -242,8 +243,9 @@ class Trainer:
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if self.qat is not None:  # the learned activation scales
-            groups.append({"params": list(self.qat.parameters()), "weight_decay": 0.0})
+        if self.qat is not None:  # the learned activation scales, at their own peak lr (lr_scale of --lr)
+            groups.append({"params": list(self.qat.parameters()), "weight_decay": 0.0,
+                           "lr_scale": (cfg.qat_scale_lr or cfg.lr) / cfg.lr})
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
         self.start_iter = 0
         self.best_miou = -1.0
@@ -256,14 +258,20 @@ class Trainer:
 
     def _prepare_qat(self, family: str) -> "QatModel":
         """Fold/freeze BN and wrap the weighted ops in the target's fake-quant (segedge.training.qat)."""
-        from .qat import prepare_qat
+        from .qat import QatObjective, make_teacher, prepare_qat
 
-        h, w = self.cfg.input_size
+        cfg = self.cfg
+        objective = QatObjective(cfg.qat_loss, cfg.qat_temperature, cfg.qat_ce_weight)
+        if objective.needs_teacher:  # copied before BN folding: the teacher is exactly the --weights model
+            self.teacher = make_teacher(self.model)
+        h, w = cfg.input_size
         example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
-        qat = prepare_qat(self.model, self.cfg.qat_target, family, self.cfg.model, example)
+        qat = prepare_qat(self.model, cfg.qat_target, family, cfg.model, example)
+        qat.objective = objective
         self.log(f"QAT for {qat.scheme.target} ({qat.scheme.describe()['activations']} activations, "
                  f"{qat.scheme.describe()['weights']} weights): {len(qat.sites)} layers fake-quantized, "
-                 f"{len(qat.kept_float)} kept float, {len(qat.folded_bn)} BatchNorms folded and frozen")
+                 f"{len(qat.kept_float)} kept float, {len(qat.folded_bn)} BatchNorms folded and frozen; "
+                 f"objective {objective.describe()}")
         return qat.to(self.device)
 
     def _init_qat_ranges(self) -> None:
@@ -507,6 +515,35 @@ class Trainer:
         return m.as_dict()
 
     # ---- loop -------------------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for a training batch (autocast per --amp)."""
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                return self.model(x)
+        except ValueError as e:  # BatchNorm after global pooling (TopFormer) cannot normalise a single image
+            if "more than 1 value per channel" not in str(e):
+                raise
+            raise SegedgeError(f"{self.cfg.model} cannot train on batches of {x.shape[0]} image: its BatchNorm layers "
+                               "need at least 2 per batch; use --batch-size 2 or more") from e
+
+    def _step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch: class-weighted cross-entropy at label size, or the QAT objective (distillation
+        from the frozen teacher at logit size, optionally plus cross-entropy)."""
+        logits = self._forward(x)
+
+        def ce() -> torch.Tensor:
+            up = torch.nn.functional.interpolate(logits.float(), size=y.shape[1:], mode="bilinear",
+                                                 align_corners=False)
+            return self.loss_fn(up, y)
+
+        if self.qat is None:
+            return ce()
+        teacher = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher(x)
+        return self.qat.objective(logits, teacher, ce)
+
     def run(self, resume: bool = False) -> dict:
         """Train to cfg.iters; returns the final summary (also written to out/summary.json)."""
         cfg = self.cfg
@@ -534,19 +571,9 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout / drop-path reproducible per iteration
             lr = poly_lr(it, cfg.iters, cfg.lr, cfg.warmup_iters, cfg.poly_power)
             for g in self.opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             x, y = self._batch(it)
-            try:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.model(x)
-            except ValueError as e:  # BatchNorm after global pooling (TopFormer) cannot normalise a single image
-                if "more than 1 value per channel" not in str(e):
-                    raise
-                raise SegedgeError(f"{cfg.model} cannot train on batches of {x.shape[0]} image: its BatchNorm layers "
-                                   "need at least 2 per batch; use --batch-size 2 or more") from e
-            logits = torch.nn.functional.interpolate(logits.float(), size=y.shape[1:], mode="bilinear",
-                                                     align_corners=False)
-            loss = self.loss_fn(logits, y)
+            loss = self._step_loss(x, y)
             if not torch.isfinite(loss):
                 raise SegedgeError(f"loss became {loss.item()} at iteration {it}; lower --lr")
             self.opt.zero_grad(set_to_none=True)
@@ -618,12 +645,15 @@ def main_from_args(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--qat", action="store_true")
     ap.add_argument("--qat-target", default="qdq")
+    ap.add_argument("--qat-loss", default="distill")
+    ap.add_argument("--qat-scale-lr", type=float, default=None)
     a = ap.parse_args(argv)
     cfg = TrainConfig(model=a.model, data=a.data, dataset=a.dataset, out=a.out, input_size=parse_size(a.input_size),
                       crop_size=parse_size(a.crop_size) if a.crop_size else None, iters=a.iters, epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, warmup_iters=a.warmup_iters, val_every=a.val_every,
                       seed=a.seed, threads=a.threads, class_weighting=a.class_weighting, amp=a.amp, val_limit=a.val_limit,
-                      weights=a.weights, qat=a.qat, qat_target=a.qat_target,
+                      weights=a.weights, qat=a.qat, qat_target=a.qat_target, qat_loss=a.qat_loss,
+                      qat_scale_lr=a.qat_scale_lr,
                       command="segedge train " + " ".join(argv if argv is not None else sys.argv[1:]))
     try:
         Trainer(cfg).run(resume=a.resume)
