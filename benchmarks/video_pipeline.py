@@ -217,7 +217,7 @@ def main() -> None:
     live_runs = []
     for fps in rates:
         for policy in ("latest", "all"):
-            model = seg_pipe if performance_hint(a.infer_mode, policy, live=True) == hint != "latency" else seg
+            model = seg_pipe if performance_hint(a.infer_mode, policy, live=True) == "throughput" else seg
             live_runs.append(live(model, fps, a.live_seconds, policy, a.queue_size, a.live_window))
             lr = live_runs[-1]
             print(f"live {fps:g} fps, {policy}: latency p50 {lr['latency_ms']['p50']} / p99 "

@@ -476,7 +476,7 @@ def _open_baselines(states: Sequence[_Model], main: Sequence[Entry], cfg: BenchC
     frames: dict[str, str | None] = {}  # model → where its calibration frames came from
     from ..contract import read_manifest
 
-    forms = sum(1 + bool((read_manifest(st.folders[st.size]).get("graph_form") or {}).get("folded")) for st in states)
+    forms = sum(1 + _folded(read_manifest(st.folders[st.size])) for st in states)
     with ui.task(f"building the library-default baselines ({', '.join(names) or 'none available'})",
                  forms * len(names)) as advance:
         try:
@@ -537,10 +537,15 @@ def _open_model_baselines(st: _Model, names: Sequence[str], main: Sequence[Entry
 AS_TRAINED = " (as trained)"  # suffix of the baselines built on the graph traced as trained
 
 
+def _folded(man: dict[str, Any]) -> bool:
+    """Whether the export traced an inference form (then the baselines also run on the graph as trained)."""
+    return bool((man.get("graph_form") or {}).get("folded"))
+
+
 def _as_trained_graph(st: _Model, man: dict[str, Any], work: Path, notes: list[str]) -> Path | None:
     """The model traced as trained (`--no-fold`) when the export folded something (None otherwise, or without
     PyTorch, said in a note): library defaults on it are what a user gets without segedge's inference form."""
-    if not (man.get("graph_form") or {}).get("folded"):
+    if not _folded(man):
         return None
     from ..toolkits import get_toolkit
 
