@@ -37,6 +37,23 @@ def test_choice_is_the_fastest_within_budget_and_names_what_it_beat() -> None:
     assert choose(ROWS, 0.0).chosen["name"] == "ort-fp32/2t"
 
 
+def test_probe_drops_only_what_the_exact_fp32_candidates_already_beat() -> None:
+    """An f16 hint ran B0 INT8 at seconds per frame on a Xeon: it is dropped before its accuracy is measured. The
+    reference is the fastest FP32-exact candidate (certain to meet any budget), never a fast one that may fail it."""
+    from segedge.tune.measure import PRUNE_FACTOR, hopeless
+
+    probes = {"ov-int8-a/f16": 6000.0, "ov-int8-a/bf16": 9.0, "ov-fp32/f32": 20.0, "ort-fp32": 45.0,
+              "ort-int8-conv": 39.0}
+    out = hopeless(probes, exact=["ov-fp32/f32", "ort-fp32"], keep=["ort-fp32"])
+    assert list(out) == ["ov-int8-a/f16"] and "ov-fp32/f32, 20.0 ms" in out["ov-int8-a/f16"]
+    # 45 ms is over 2× the exact reference but the ORT FP32 row is the report's reference column: kept
+    assert "ort-fp32" not in hopeless(probes, exact=["ov-fp32/f32"], keep=["ort-fp32"])
+    assert "ort-fp32" in hopeless(probes, exact=["ov-fp32/f32"])
+    assert hopeless(probes, exact=[]) == {}  # nothing certain to pass the budget: nothing can be ruled out
+    edge = {"x": 10.0, "y": 10.0 * PRUNE_FACTOR}
+    assert hopeless(edge, exact=["x"]) == {}  # exactly at the factor: kept
+
+
 def test_latency_ties_go_to_the_smaller_drop_then_fewer_threads() -> None:
     near = 22.0 * (1 + TIE_RATIO / 2)
     rows = [_row("x/2t", 22.0, 0.25), _row("y/2t", near, 0.05), _row("z/1t", near, 0.05, threads=1),

@@ -21,6 +21,12 @@ from .candidates import Built, Candidate, open_backend
 DEFAULT_ITERS = 20
 DEFAULT_BLOCK = 5
 WARMUP_ROUNDS = 1
+# A (recipe, hint) whose probe is this many times the fastest FP32-exact probe (FP32 with the f32 hint: its drop is ~0,
+# so it always meets the budget) cannot win the choice; measuring its accuracy could cost minutes (an f16 hint on a CPU
+# whose OpenVINO kernels fall back to a slow path ran B0 INT8 at seconds per frame on a Xeon), so it is dropped before
+# that, with its probe time in the report. 2× leaves room for the probe's noise.
+PRUNE_FACTOR = 2.0
+PROBE_CALLS = 3
 
 
 def logits_of(backend: Any, frames: LabelledSet) -> list[np.ndarray]:
@@ -47,6 +53,37 @@ def accuracy(built: Built, hint: str | None, sets: dict[str, LabelledSet], refs:
         backend.close()
 
 
+def probe(built: Built, hint: str | None, threads: int, x: np.ndarray, calls: int = PROBE_CALLS) -> float:
+    """Median ms of a few calls after one untimed call: a coarse latency, enough to tell hopeless candidates."""
+    import time
+
+    backend = open_backend(built, hint, threads)
+    try:
+        backend.run(x)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            backend.run(x)
+            times.append(time.perf_counter_ns() - t0)
+    finally:
+        backend.close()
+    return float(np.median(times)) / 1e6
+
+
+def hopeless(probes: dict[str, float], exact: Sequence[str], keep: Sequence[str] = (),
+             factor: float = PRUNE_FACTOR) -> dict[str, str]:
+    """{variant: why} for the probed variants slower than `factor` × the fastest of the `exact` ones (FP32 numerics,
+    certain to meet any budget), so that none of them could be chosen; `keep` are never dropped (none without an
+    exact probe)."""
+    ref = {v: probes[v] for v in exact if v in probes}
+    if not ref:
+        return {}
+    best_name = min(ref, key=ref.get)
+    best = ref[best_name]
+    return {v: f"probe {ms:.1f} ms > {factor:g}× the fastest FP32-exact probe ({best_name}, {best:.1f} ms)"
+            for v, ms in probes.items() if ms > factor * best and v not in keep}
+
+
 def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs: Sequence[np.ndarray],
                     iters: int = DEFAULT_ITERS, block: int = DEFAULT_BLOCK,
                     on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, float]]:
@@ -64,4 +101,5 @@ def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs:
     return {c.name: latency_stats(ns_to_ms(d)) for c, d in zip(cands, durations[0])}
 
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "accuracy", "drop_figures", "logits_of", "time_candidates"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "PRUNE_FACTOR", "accuracy", "drop_figures", "hopeless", "logits_of",
+           "probe", "time_candidates"]

@@ -29,6 +29,9 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"{r['p50_ms']:.2f} | {ratio} | {r['drop_pt']:+.2f} | {r['held_back_drop_pt']:+.2f} | "
                      f"{r['argmax_agreement']:.4f} | {mark} |")
     lines += ["", "◆ Pareto front (no other candidate is both faster and more accurate on the budget set)."]
+    if report.get("pruned"):  # reports written before the probe have no such key
+        lines += ["", "Dropped before measuring (too slow to be chosen at any accuracy):", ""]
+        lines += [f"- {p['variant']}: {p['why']}" for p in report["pruned"]]
     return "\n".join(lines) + "\n"
 
 

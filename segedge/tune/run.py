@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ExportError, SegedgeError
 from ..export.sensitivity import LabelledSet, labelled_set, miou_of, split_budget
 from . import candidates as cands_
-from .measure import DEFAULT_BLOCK, DEFAULT_ITERS, accuracy, logits_of, time_candidates
+from .measure import DEFAULT_BLOCK, DEFAULT_ITERS, accuracy, hopeless, logits_of, probe, time_candidates
 from .report import REPORT_FORMAT
 from .select import DEFAULT_BUDGET_PP, choose, pareto_front
 
@@ -101,6 +101,21 @@ def _rows(cands: Sequence[cands_.Candidate], built: dict[str, cands_.Built], acc
     return sorted(rows, key=lambda r: (r["p50_ms"], r["name"]))
 
 
+def _prune(ctx: Any, cands: list[cands_.Candidate], built: dict[str, cands_.Built], x: np.ndarray
+           ) -> tuple[list[cands_.Candidate], list[dict[str, Any]]]:
+    """Probe every (recipe, hint) at the most threads and drop those that cannot win (measure.hopeless) before their
+    accuracy is measured, at every thread count; (kept candidates, the pruned variants with their probe and why)."""
+    most = max(c.threads for c in cands)
+    probes = {c.variant: probe(built[c.recipe.name], c.hint, most, x) for c in cands if c.threads == most}
+    exact = [c.variant for c in cands if c.recipe.precision == "fp32" and c.hint in (None, "f32")]
+    keep = [c.variant for c in cands if c.recipe.name == "ort-fp32"]  # the report's reference column
+    out = hopeless(probes, exact, keep)
+    for v, why in out.items():
+        ctx.progress(f"cpu: dropping {v}: {why}")
+    kept = [c for c in cands if c.variant not in out]
+    return kept, [{"variant": v, "probe_ms": round(probes[v], 3), "why": why} for v, why in out.items()]
+
+
 def tune(ctx: Any, settings: TuneSettings) -> TuneResult:
     """Build, measure and choose (see module docstring); the report dict is what cpu-tune.json holds."""
     from ..doctor import cpu_report
@@ -115,7 +130,7 @@ def tune(ctx: Any, settings: TuneSettings) -> TuneResult:
     built = {}
     for r in chosen_recipes:
         built[r.name] = cands_.build(ctx, r)
-    cands = cands_.candidates(chosen_recipes, threads)
+    cands, pruned = _prune(ctx, cands_.candidates(chosen_recipes, threads), built, sets["budget"].inputs[0])
     acc = {}
     for c in cands:
         if c.variant not in acc:
@@ -137,7 +152,7 @@ def tune(ctx: Any, settings: TuneSettings) -> TuneResult:
         "timing": {"iters": settings.iters, "block": settings.block, "warmup_rounds": 1,
                    "what": "inference alone (backend.run on a preprocessed budget frame), rotating blocks"},
         "rows": rows, "pareto": [r["name"] for r in rows if r["pareto"]],
-        "choice": {"name": choice.chosen["name"], "why": choice.why}, "notes": notes,
+        "choice": {"name": choice.chosen["name"], "why": choice.why}, "notes": notes, "pruned": pruned,
         "tuning_seconds": round(time.perf_counter() - t0, 1),
     }
     chosen = next(c for c in cands if c.name == choice.chosen["name"])
