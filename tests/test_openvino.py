@@ -276,3 +276,31 @@ def test_throughput_hint_overlaps_requests_with_the_same_outputs(exports: dict[s
         assert len(a) == len(b) == 6 and np.mean([(x == y).mean() for x, y in zip(a, b)]) > 0.999
     with pytest.raises(SegedgeError, match="unknown OpenVINO performance hint 'fastest'"):
         Segmenter.load(folder, target="openvino", performance_hint="fastest")
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_frames_are_normalised_in_the_graph_with_the_same_logits(exports: dict[str, Path], name: str) -> None:
+    """Segmenter.load gives OpenVINO the contract's mean/std/colour order: `prepare` only resizes (uint8 NHWC BGR) and
+    the PrePostProcessor does the rest in the graph; logits match the NumPy path, and float inputs still run."""
+    out, f = exports[name], _street(2)
+    framed = Segmenter.load(out, target="openvino", postprocess="exact")
+    plain = Segmenter.load(out, target="openvino", postprocess="exact", frame_input=False)
+    assert framed.backend.accepts_frames and not plain.backend.accepts_frames
+    assert framed.backend.describe()["frame_input"] is True
+    x = framed.prepare(f)
+    h, w = SIZES[name]
+    assert x.dtype == np.uint8 and x.shape == (1, h, w, 3) and plain.prepare(f).dtype == np.float32
+    np.testing.assert_array_equal(x[0], cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR))  # BGR, resized only
+    lf, lp = framed.logits(f), plain.logits(f)
+    assert np.abs(lf - lp).max() < 1e-4 * max(1.0, float(np.abs(lp).max()))
+    assert np.array_equal(framed.predict(f), plain.predict(f))
+    y = plain.prepare(f)  # a float model input on the frame-input backend runs the plain compiled model
+    np.testing.assert_array_equal(framed.backend.run(y), plain.backend.run(y))
+    int8 = Segmenter.load(out, target="openvino-int8")
+    assert int8.backend.accepts_frames
+    agree = (int8.predict(f) == Segmenter.load(out, target="openvino-int8", frame_input=False).predict(f)).mean()
+    assert agree > 0.99
+    with pytest.raises(SegedgeError, match="model input must be uint8 1×"):
+        framed.backend.run(np.zeros((1, h + 8, w, 3), np.uint8))  # a frame at the wrong size: one line
+    with pytest.raises(SegedgeError, match="frame_input must be True or False"):
+        Segmenter.load(out, target="openvino", frame_input="yes")

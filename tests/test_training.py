@@ -24,7 +24,8 @@ def test_poly_schedule():
 
 
 def test_loss_decreases_and_checkpoint_loads(camvid_like, tmp_path):
-    tr = Trainer(_cfg(camvid_like, tmp_path / "run", iters=24, lr=2e-3, scale_range=(1.0, 1.0)))
+    # 12 iterations bring the loss to ~0.12× its start (24 took a minute of the fast suite for nothing more)
+    tr = Trainer(_cfg(camvid_like, tmp_path / "run", iters=12, lr=2e-3, scale_range=(1.0, 1.0)))
     summary = tr.run()
     first, last = sum(tr.losses[:4]) / 4, sum(tr.losses[-4:]) / 4
     assert last < first * 0.9, (first, last)

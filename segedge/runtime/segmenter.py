@@ -82,6 +82,18 @@ def _tuned_threads(target: str | None, entry: TargetEntry, threads: int | None) 
     return threads if threads is not None else entry.get("threads")
 
 
+def _frame_input_option(backend: str, contract: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Backend options with `frame_input` resolved: OpenVINO normalises frames in the graph for float-io contracts
+    (unless frame_input=False); other backends get no such option."""
+    wanted = options.pop("frame_input", True)
+    if wanted not in (True, False):
+        raise SegedgeError(f"frame_input must be True or False, got {wanted!r}")
+    inp = (contract or {}).get("input") or {}
+    if backend == "openvino" and wanted and inp.get("io", "float") == "float" and "mean" in inp:
+        options["frame_input"] = {"mean": inp["mean"], "std": inp["std"], "color_order": inp.get("color_order", "RGB")}
+    return options
+
+
 class Segmenter:
     """Frames in, labels out, over any backend; pre-/post-processing follow the model's recorded contract."""
 
@@ -100,7 +112,9 @@ class Segmenter:
         execution providers; `precision=` sets OpenVINO's inference precision hint (default: the one recorded at
         export, else f32); `performance_hint=` "latency" (default) | "throughput" compiles an OpenVINO model for
         several requests in flight (see `submit`); `verify=` "fast" (default) | "full" | "off" checks the artifact
-        against its manifest's size and sha256 (segedge.runtime.checks). The backend also receives the manifest entry as `manifest_entry=`.
+        against its manifest's size and sha256 (segedge.runtime.checks); `frame_input=False` keeps OpenVINO from
+        normalising frames in the graph (on by default for float-io models: `prepare` then only resizes). The backend
+        also receives the manifest entry as `manifest_entry=`.
         """
         if not isinstance(path, (str, Path)):
             raise SegedgeError(f"Segmenter.load needs a path (export folder, model file or checkpoint), got "
@@ -135,6 +149,7 @@ class Segmenter:
                                f"backend= (the file picks its own) or pass a file that backend opens")
         if entry is not None:
             options = {"manifest_entry": entry, **options}
+        options = _frame_input_option(cls_.name, contract, options)
         be = cls_.open(p, threads=threads, **options)
         try:
             info = cls._info(p, be, contract, target, entry)
@@ -193,9 +208,12 @@ class Segmenter:
 
     # -- inference --------------------------------------------------------------------------------------------
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """A BGR frame → one model-input batch (float NCHW normalised, or uint8 NHWC for raw-io models)."""
+        """A BGR frame → one model-input batch (float NCHW normalised, or uint8 NHWC for raw-io models and for
+        backends that normalise frames in the graph: OpenVINO's `accepts_frames`)."""
         if self.info.io == "raw":
             return to_raw_input(frame_bgr, self.info.input_size, self.info.color_order)
+        if getattr(self.backend, "accepts_frames", False):
+            return to_raw_input(frame_bgr, self.info.input_size, "BGR")
         return preprocess(frame_bgr, self.info.input_size, self.info.mean, self.info.std, "BGR")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -53,3 +53,22 @@ def devices() -> list[str]:
         return list(core().available_devices)
     except Exception:  # noqa: BLE001 - a plugin that fails to load shows no device
         return []
+
+
+def with_frame_input(model: Any, mean: Any, std: Any, color_order: str) -> Any:
+    """A copy of a float-input model (N×3×H×W, (x − mean) / std in `color_order`) that takes uint8 N×H×W×3 BGR frames
+    at the model's size. OpenVINO's PrePostProcessor puts the colour swap, the float conversion, mean/std and the
+    layout change into the graph, where the CPU plugin merges them with the input reorder it makes anyway (bf16 NHWC
+    for the first convolution), instead of NumPy writing and OpenVINO re-reading a float frame: TopFormer-T 384×512
+    frame → labels 3.85 → 3.24 ms on a 2-core Xeon."""
+    from openvino import Layout, Type
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    ppp = PrePostProcessor(model.clone())
+    ppp.input().tensor().set_element_type(Type.u8).set_layout(Layout("NHWC")).set_color_format(ColorFormat.BGR)
+    ppp.input().model().set_layout(Layout("NCHW"))
+    steps = ppp.input().preprocess()
+    if str(color_order).upper() == "RGB":
+        steps.convert_color(ColorFormat.RGB)
+    steps.convert_element_type(Type.f32).mean([float(m) for m in mean]).scale([float(s) for s in std])
+    return ppp.build()

@@ -9,6 +9,11 @@ Thread safety: an OpenVINO infer request serves one inference at a time (a secon
 busy", or worse, reads another call's output), so each calling thread gets its own request on the shared compiled
 model; the compiled model itself is thread-safe.
 
+Frame input: given the contract's mean, std and colour order (`frame_input=`, which `Segmenter.load` passes for
+float-io models unless `frame_input=False`), the backend also takes uint8 N×H×W×3 BGR frames at the model size, and
+OpenVINO's PrePostProcessor does the colour swap, float conversion, mean/std and layout in the graph
+(segedge.toolkits.openvino.with_frame_input); float model inputs keep running on the plain compiled model.
+
 Performance hint: `latency` (default: one stream using every thread, the lowest time per frame) or `throughput`
 (OpenVINO picks several streams, each with fewer threads, and `submit` keeps that many inferences in flight: more
 frames per second, each one slower; what a video pipeline processing every frame wants). B0 bf16 on a 2-core AMD
@@ -44,10 +49,12 @@ class OpenVINOBackend(Backend):
     def __init__(self, model: Any, threads: int | None = None, precision: str | None = None,
                  device: str = "CPU", description: dict[str, Any] | None = None,
                  precision_source: str | None = None, library_defaults: bool = False,
-                 performance_hint: str = "latency") -> None:
+                 performance_hint: str = "latency", frame_input: dict[str, Any] | None = None) -> None:
         """`library_defaults=True` compiles with OpenVINO's own defaults (only the thread count set) and reads any
         model file OpenVINO reads (e.g. an .onnx): what a user calling `compile_model` bare gets (bench baselines).
-        `performance_hint`: latency | throughput (see the module docstring)."""
+        `performance_hint`: latency | throughput (see the module docstring). `frame_input` ({mean, std,
+        color_order} of a float-io contract) also accepts uint8 N×H×W×3 BGR frames at the model size, normalised in
+        the graph (see the module docstring)."""
         if performance_hint not in PERFORMANCE_HINTS:
             raise SegedgeError(f"unknown OpenVINO performance hint '{performance_hint}': choose latency (one frame as "
                                "fast as possible) or throughput (several frames in flight)")
@@ -73,14 +80,14 @@ class OpenVINOBackend(Backend):
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with long multi-line messages
             raise SegedgeError(f"OpenVINO cannot compile the model for {device} ({first_line(e)}); re-export it "
                                "with `segedge export --target openvino`") from e
-        self._local = threading.local()
         self._parallel = self._optimal_requests() if performance_hint == "throughput" else 1
-        self._free: list[Any] = []  # idle infer requests for submit (created on demand, at most _parallel)
-        self._made = 0
-        self._free_lock = threading.Lock()
+        self._plain = _Requests(self.compiled, self._parallel)
         self._spec = self._port_spec(model.input(0))
         self._out = self._port_spec(model.output(0))
         self.description = description
+        self._frame_input = self._check_frame_input(frame_input)
+        self._framed: _Requests | None = None  # the frame-input model, compiled on its first frame
+        self._framed_lock = threading.Lock()
 
     def _optimal_requests(self) -> int:
         """The number of requests OpenVINO says keeps its streams busy (1 when the plugin does not say)."""
@@ -123,7 +130,8 @@ class OpenVINOBackend(Backend):
             precision, source = DEFAULT_PRECISION, "default"
         return cls(model, threads=threads, precision=str(precision), device=str(options.get("device") or "CPU"),
                    description=meta if describes_model(meta) else None, precision_source=source,
-                   performance_hint=str(options.get("performance_hint") or "latency"))
+                   performance_hint=str(options.get("performance_hint") or "latency"),
+                   frame_input=options.get("frame_input"))
 
     def input_spec(self) -> InputSpec:
         return self._spec
@@ -133,17 +141,54 @@ class OpenVINOBackend(Backend):
 
     @property
     def request(self) -> Any:
-        """This thread's infer request (created on its first call)."""
-        req = getattr(self._local, "request", None)
-        if req is None:
-            req = self._local.request = self.compiled.create_infer_request()
-        return req
+        """This thread's infer request on the float-input model (created on its first call)."""
+        return self._plain.request()
+
+    @staticmethod
+    def _check_frame_input(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        if spec is None:
+            return None
+        missing = [k for k in ("mean", "std", "color_order") if k not in spec]
+        if missing:
+            raise SegedgeError(f"frame_input needs the contract's mean, std and color_order; missing {missing}")
+        return dict(spec)
+
+    @property
+    def accepts_frames(self) -> bool:
+        """Whether `run`/`submit` also take uint8 N×H×W×3 BGR frames at the model size (normalised in the graph)."""
+        return self._frame_input is not None and len(self._spec.shape) == 4 and self._spec.shape[1] == 3
+
+    def frame_spec(self) -> InputSpec:
+        """The frame input: uint8 N×H×W×3 (BGR) at the model's size."""
+        n, _, h, w = self._spec.shape
+        return InputSpec((n, h, w, 3), "uint8")
+
+    def _session_for(self, x: Any) -> tuple["_Requests", np.ndarray]:
+        """The compiled model an input runs on: frames (uint8) on the frame-input one, model inputs on the plain one."""
+        if self._closed:
+            raise SegedgeError(f"this {self.name} backend is closed; load the model again (Segmenter.load)")
+        if self.accepts_frames and isinstance(x, np.ndarray) and x.dtype == np.uint8:
+            return self._frames(), np.ascontiguousarray(self.frame_spec().check(x))
+        return self._plain, np.ascontiguousarray(self.input_spec().check(x))
+
+    def _frames(self) -> "_Requests":
+        with self._framed_lock:
+            if self._framed is None:
+                from ...toolkits.openvino import with_frame_input
+
+                f = self._frame_input or {}
+                model = with_frame_input(self.model, f["mean"], f["std"], f["color_order"])
+                self._framed = _Requests(self.core.compile_model(model, self.device, self.config), self._parallel)
+            return self._framed
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One forward pass on a model-input batch, or on a uint8 frame batch when `accepts_frames`."""
+        session, x = self._session_for(x)
+        return session.infer(x)
 
     def run_impl(self, x: np.ndarray) -> np.ndarray:
         """One synchronous inference on this thread's request; returns a copy of the first output."""
-        req = self.request
-        req.infer({0: np.ascontiguousarray(x)})
-        return np.array(req.get_output_tensor(0).data, copy=True)
+        return self._plain.infer(np.ascontiguousarray(x))
 
     @property
     def parallel_requests(self) -> int:
@@ -151,31 +196,18 @@ class OpenVINOBackend(Backend):
 
     def submit(self, x: np.ndarray) -> Pending:
         """Start an asynchronous inference on an idle request; at most `parallel_requests` in flight."""
-        if self._closed:
-            raise SegedgeError(f"this {self.name} backend is closed; load the model again (Segmenter.load)")
-        x = np.ascontiguousarray(self.input_spec().check(x))
-        with self._free_lock:
-            if self._free:
-                req = self._free.pop()
-            elif self._made < self._parallel:
-                req, self._made = self.compiled.create_infer_request(), self._made + 1
-            else:
-                raise SegedgeError(f"{self._parallel} inferences are already in flight on this OpenVINO model; wait() "
-                                   "for one before submitting another")
+        session, x = self._session_for(x)
+        req = session.acquire()
         try:
             req.start_async({0: x})
         except BaseException:
-            self._release(req)
+            session.release(req)
             raise
-        return _OVPending(self, req)
-
-    def _release(self, req: Any) -> None:
-        with self._free_lock:
-            self._free.append(req)
+        return _OVPending(session, req)
 
     def close(self) -> None:
-        self._local = threading.local()
-        self._free = []
+        self._plain = _Requests(None, 0)
+        self._framed = None
         self.compiled = None
         super().close()
 
@@ -194,13 +226,55 @@ class OpenVINOBackend(Backend):
                 "threads": self.threads, "num_threads": prop("INFERENCE_NUM_THREADS"),
                 "performance_hint": prop("PERFORMANCE_HINT"), "num_streams": prop("NUM_STREAMS"),
                 "parallel_requests": self._parallel, "openvino": str(ov.__version__),
+                "frame_input": self.accepts_frames,
                 "config": dict(self.config)}
+
+
+class _Requests:
+    """One compiled model's infer requests: one per calling thread for `infer`, an on-demand pool of at most
+    `parallel` for asynchronous submits."""
+
+    def __init__(self, compiled: Any, parallel: int) -> None:
+        self.compiled, self.parallel = compiled, parallel
+        self._local = threading.local()
+        self._free: list[Any] = []  # idle infer requests for submit (created on demand, at most `parallel`)
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def request(self) -> Any:
+        """This thread's request (created on its first call)."""
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """One synchronous inference on this thread's request; a copy of the first output."""
+        req = self.request()
+        req.infer({0: x})
+        return np.array(req.get_output_tensor(0).data, copy=True)
+
+    def acquire(self) -> Any:
+        """An idle request for an asynchronous inference; one line when `parallel` are already in flight."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if self._made < self.parallel:
+                self._made += 1
+                return self.compiled.create_infer_request()
+        raise SegedgeError(f"{self.parallel} inferences are already in flight on this OpenVINO model; wait() for one "
+                           "before submitting another")
+
+    def release(self, req: Any) -> None:
+        """Hand a finished request back to the pool."""
+        with self._lock:
+            self._free.append(req)
 
 
 class _OVPending(Pending):
     """An OpenVINO request running asynchronously; `wait()` copies its output and hands the request back."""
 
-    def __init__(self, backend: OpenVINOBackend, request: Any) -> None:
+    def __init__(self, backend: _Requests, request: Any) -> None:
         self._backend, self._request = backend, request
         self._output: np.ndarray | None = None
 
@@ -213,5 +287,5 @@ class _OVPending(Pending):
                 req.wait()
                 self._output = np.array(req.get_output_tensor(0).data, copy=True)
             finally:
-                self._backend._release(req)
+                self._backend.release(req)
         return self._output
