@@ -252,3 +252,23 @@ def test_baselines_need_an_export_target_to_compare(work, tmp_path):  # noqa: F8
     line = _one_line_error(*_bench(work, "--weights", "b0.safetensors", "--targets", "torch", "--baselines",
                                    "--out", str(tmp_path / "o")), "--baselines", "--targets")
     assert "onnx" in line
+
+
+def test_baseline_memory_is_probed_in_a_fresh_process_with_the_library_defaults(run):
+    """The memory probe reopens a baseline's file as the bench opened it (OpenVINO defaults on the FP32 ONNX here) in
+    its own process and predicts a frame through the export's contract: peak RSS above the import baseline."""
+    from segedge.benchmarks.memprobe import _run_one
+
+    work, _, _, res = run
+    rows = {r["target"]: r for r in res["rows"]}
+    onnx_file = work / rows["onnx"]["artifact"]
+    manifest = json.loads((onnx_file.parent / "manifest.json").read_text())
+    frame = sorted((work / "data" / "val").iterdir())[0]
+    runtime, file = ("openvino", onnx_file) if "ov-defaults" in AVAILABLE else ("onnxruntime", onnx_file)
+    spec = {"target": "ov-defaults", "model": "b0", "input_size": list(rows["onnx"]["input_size"]), "threads": 1,
+            "frame": str(frame), "iters": 1, "runtime_modules": [runtime],
+            "baseline": {"runtime": runtime, "file": str(file)}, "contract": manifest}
+    got = _run_one(spec, timeout=120)
+    assert "error" not in got, got
+    assert got["peak_rss_bytes"] >= got["baseline_rss_bytes"] > 0 and got["model_rss_bytes"] > 0
+    assert got["pid"] > 0 and got["iters"] == 1

@@ -243,13 +243,37 @@ def test_auto_precision_hint_is_measured_and_recorded(setup: dict[str, Path]) ->
     assert choice["mode"] == "auto" and e["inference_precision_hint"] == choice["chosen"]
     assert e["verification"]["inference_precision_hint"] == choice["chosen"]
     hints = openvino_hints()
-    if len(hints) > 1:
-        assert set(choice["candidates"]) == set(hints)
+    if len(hints) > 1:  # a hint probed at over 2× f32 is dropped before its check (recorded with its probe)
+        assert set(choice["candidates"]) | set(choice.get("dropped", {})) == set(hints)
         assert pick_hint(choice["candidates"])[0] == choice["chosen"]  # the recorded figures give the recorded choice
     else:
         assert choice["chosen"] == "f32"
     d = Segmenter.load(out, target="openvino").backend.describe()
     assert d["inference_precision_hint"] == choice["chosen"] and d["precision_source"] == "manifest"
+
+
+def test_a_hint_far_slower_than_f32_is_dropped_before_its_check(setup: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dispatch only (the probe's real path runs in the test above): a hint whose probe is over 2× f32's is neither
+    checked nor timed, and the choice says why."""
+    import segedge.tune.measure as measure
+    from segedge.tune.candidates import openvino_hints
+
+    hints = openvino_hints()
+    if len(hints) < 2:
+        pytest.skip("the CPU plugin reports only f32 here: nothing to drop")
+    slow = hints[-1]
+    calls = iter(range(100))
+    # probes run in hint order (f32 first): f32 1 ms, the last hint 10 ms, any other 1.5 ms
+    fake = {h: 10.0 if h == slow else 1.0 if h == "f32" else 1.5 for h in hints}
+    monkeypatch.setattr(measure, "probe_call", lambda run, calls_=3: fake[hints[next(calls)]])
+    out = export_model(ExportOptions("topformer-t", weights=setup["topformer-t"], targets="openvino",
+                                     input_size=SIZES["topformer-t"], calib=setup["frames"], verify_frames=1,
+                                     out=setup["tmp"] / "auto-drop")).out_dir
+    choice = _manifest(out)["targets"]["openvino"]["precision_choice"]
+    assert list(choice["dropped"]) == [slow] and "probe 10.0 ms > 2× the fastest FP32-exact probe (f32, 1.0 ms)" in \
+        choice["dropped"][slow]
+    assert slow not in choice["candidates"] and "f32" in choice["candidates"] and choice["chosen"] != slow
 
 
 def test_throughput_hint_overlaps_requests_with_the_same_outputs(exports: dict[str, Path], tmp_path: Path) -> None:

@@ -153,6 +153,16 @@ def _openvino_defaults_backend(model: Any, threads: int | None) -> Any:
     return OpenVINOBackend(model, threads=threads, library_defaults=True)
 
 
+def open_baseline_backend(runtime: str, file: str | Path, threads: int | None) -> Any:
+    """A built baseline's file opened again as the bench opened it (the memory probe's fresh process does this):
+    ONNX Runtime with only the threads set, or OpenVINO with its own defaults."""
+    if runtime == "openvino":
+        return _openvino_defaults_backend(str(file), threads)
+    from ..runtime.backends.ort import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(str(file), threads=threads)
+
+
 def _actual_precision(backend: Any) -> str:
     """The inference precision OpenVINO chose ('bf16', 'f32', …)."""
     from ..export.targets.openvino_ir import actual_precision

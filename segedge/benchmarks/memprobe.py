@@ -74,6 +74,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         device = resolve_device(spec.get("device", "cpu"))
         model = create_model(spec["model"], weights=spec["weights"])
         seg = torch_segmenter(model, size, spec.get("threads"), device, spec.get("postprocess", "fast"))
+    elif spec.get("baseline"):
+        seg = _baseline_segmenter(spec)
     else:
         seg = export_segmenter(spec["folder"], spec["target"], spec.get("threads"), spec.get("postprocess", "fast"))
     load_s = time.perf_counter() - t0
@@ -89,6 +91,18 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     out["model_rss_bytes"] = out["peak_rss_bytes"] - baseline
     return out
+
+
+def _baseline_segmenter(spec: dict[str, Any]) -> Any:
+    """A library-default baseline (`spec["baseline"]`: runtime and file) in a Segmenter with the export's contract,
+    so it pre- and post-processes as the bench ran it (NumPy pre-processing: no frame input)."""
+    from ..runtime import ModelInfo, Segmenter
+    from .baselines import open_baseline_backend
+
+    b = spec["baseline"]
+    backend = open_baseline_backend(b["runtime"], b["file"], spec.get("threads"))
+    info = ModelInfo.from_description(spec["contract"], target=spec["target"], source="manifest")
+    return Segmenter(backend, info, spec.get("postprocess", "fast"))
 
 
 def _run_one(spec: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -592,14 +592,17 @@ def _measure_memory(main: Sequence[Entry], states: Sequence[_Model], frames: Seq
     """Peak RSS of each entry in a fresh process (probes may overlap each other; they never overlap timing)."""
     weights = {st.name: st.weights_path for st in states}
     specs = []
-    main = [e for e in main if e.baseline is None]  # the probe opens the reference and manifest targets only
     for e in main:
-        backend_mod = BACKEND_MODULES.get(getattr(e.seg.backend, "name", ""), "")
+        runtime = getattr(e.seg.backend, "name", "")
+        backend_mod = BACKEND_MODULES.get(runtime, "")
         specs.append({"target": e.target, "model": e.model, "weights": weights[e.model],
                       "folder": str(e.folder) if e.folder else None, "input_size": list(e.size),
                       "threads": cfg.threads, "device": req.device, "postprocess": req.postprocess,
                       "frame": frames[0][0], "iters": cfg.memory_iters,
-                      "runtime_modules": [backend_mod] if backend_mod else []})
+                      "runtime_modules": [backend_mod] if backend_mod else [],
+                      # a library-default baseline reopens its built file with the library's defaults
+                      **({"baseline": {"runtime": runtime, "file": str(e.artifact)},
+                          "contract": e.seg.info.contract.to_dict()} if e.baseline is not None else {})})
     with ui.task("peak memory, one fresh process per target", len(specs)) as advance:
         res = memprobe.run_probes(specs, workers=min(2, len(specs)), on_done=lambda n: advance())
     mem = {}
@@ -829,9 +832,6 @@ def run_bench(cfg: BenchConfig, reporter: Reporter | None = None) -> dict[str, A
                 main = _by_model([*main, *extra], states)
             frames = _timing_frames(req.ds, req.indices, min(len(req.indices), cfg.iters))
             mem = _measure_memory(main, states, frames, cfg, req, ui, notes) if cfg.memory else {}
-            if cfg.memory and baselines and baselines["measured"]:
-                notes.append("peak memory of the baselines is not measured (the isolated probe opens the reference "
-                             "and export targets only)")
             _time_main(main, frames, cfg, ui)
             acc = _measure_accuracy(main, req, ui, notes)
             power, power_status = _measure_power(main, frames, cfg, req.power_mode, ui, notes)

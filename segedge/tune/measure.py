@@ -53,21 +53,26 @@ def accuracy(built: Built, hint: str | None, sets: dict[str, LabelledSet], refs:
         backend.close()
 
 
-def probe(built: Built, hint: str | None, threads: int, x: np.ndarray, calls: int = PROBE_CALLS) -> float:
-    """Median ms of a few calls after one untimed call: a coarse latency, enough to tell hopeless candidates."""
+def probe_call(run: Callable[[], Any], calls: int = PROBE_CALLS) -> float:
+    """Median ms of `calls` calls after one untimed call: a coarse latency, enough to tell hopeless candidates."""
     import time
 
+    run()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        run()
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) / 1e6
+
+
+def probe(built: Built, hint: str | None, threads: int, x: np.ndarray, calls: int = PROBE_CALLS) -> float:
+    """`probe_call` on a candidate opened with its hint and threads."""
     backend = open_backend(built, hint, threads)
     try:
-        backend.run(x)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter_ns()
-            backend.run(x)
-            times.append(time.perf_counter_ns() - t0)
+        return probe_call(lambda: backend.run(x), calls)
     finally:
         backend.close()
-    return float(np.median(times)) / 1e6
 
 
 def hopeless(probes: dict[str, float], exact: Sequence[str], keep: Sequence[str] = (),
@@ -102,4 +107,4 @@ def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs:
 
 
 __all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "PRUNE_FACTOR", "accuracy", "drop_figures", "hopeless", "logits_of",
-           "probe", "time_candidates"]
+           "probe", "probe_call", "time_candidates"]

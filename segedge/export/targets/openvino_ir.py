@@ -109,10 +109,11 @@ def check_runner(ctx: ExportContext, model: Any, hint: str) -> tuple[Callable[[n
     return run, compiled
 
 
-def _check_hint(ctx: ExportContext, model: Any, name: str, hint: str) -> tuple[Callable[[np.ndarray], Any],
-                                                                          dict[str, Any]]:
-    """(run, figures): `model` compiled with `hint`, checked against PyTorch on the check batches (+ mIoU with --val)."""
-    run, compiled = check_runner(ctx, model, hint)
+def _check_hint(ctx: ExportContext, model: Any, name: str, hint: str, runner: tuple[Any, Any] | None = None
+                ) -> tuple[Callable[[np.ndarray], Any], dict[str, Any]]:
+    """(run, figures): `model` compiled with `hint` (or the `runner` already compiled), checked against PyTorch on
+    the check batches (+ mIoU with --val)."""
+    run, compiled = runner or check_runner(ctx, model, hint)
     res = ctx.verify_with(run, name) if ctx.verify_with else {}
     res["runtime"] = "openvino CPU"
     res["inference_precision_hint"] = hint
@@ -134,16 +135,35 @@ def verify_ir(ctx: ExportContext, model: Any, name: str, hint: str | None = None
     from ...tune.hints import figures, pick_hint, time_runs
 
     hints = [h for h in openvino_hints() if h in ("f32", "bf16", "f16")]
-    checked = {h: _check_hint(ctx, model, name, h) for h in hints}
     if len(hints) == 1:
-        return "f32", checked["f32"][1], {"mode": "auto", "chosen": "f32",
-                                          "why": "the CPU plugin reports no bf16/f16 capability: f32"}
-    ctx.progress(f"timing {name} with precision hints {', '.join(hints)}")
-    p50 = time_runs({h: run for h, (run, _) in checked.items()}, ctx.make_input(ctx.frames.frames[0]))
-    figs = {h: figures(checked[h][1], p50[h]) for h in hints}
+        return "f32", _check_hint(ctx, model, name, "f32")[1], {
+            "mode": "auto", "chosen": "f32", "why": "the CPU plugin reports no bf16/f16 capability: f32"}
+    x = ctx.make_input(ctx.frames.frames[0])
+    runners, dropped = _probe_hints(ctx, model, name, hints, x)
+    checked = {h: _check_hint(ctx, model, name, h, r) for h, r in runners.items()}
+    ctx.progress(f"timing {name} with precision hints {', '.join(checked)}")
+    p50 = time_runs({h: run for h, (run, _) in checked.items()}, x)
+    figs = {h: figures(checked[h][1], p50[h]) for h in checked}
     budget = ctx.options.max_miou_drop
     hint, why = pick_hint(figs, budget) if budget is not None else pick_hint(figs)
-    return hint, checked[hint][1], {"mode": "auto", "chosen": hint, "why": why, "candidates": figs}
+    return hint, checked[hint][1], {"mode": "auto", "chosen": hint, "why": why, "candidates": figs,
+                                    **({"dropped": dropped} if dropped else {})}
+
+
+def _probe_hints(ctx: ExportContext, model: Any, name: str, hints: list[str], x: np.ndarray
+                 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
+    """Compile `model` with each hint and probe it; a hint over 2× f32's probe could never be chosen and is dropped
+    before its (possibly minutes-long) check: NNCF INT8 B0 with the f16 hint ran 6 s per frame on a Xeon with AMX.
+    (compiled runners kept, {dropped hint: why})."""
+    from ...tune.measure import hopeless, probe_call
+
+    runners = {h: check_runner(ctx, model, h) for h in hints}
+    probes = {h: probe_call(lambda r=runners[h][0]: r(x)) for h in hints}
+    dropped = hopeless(probes, exact=["f32"])
+    for h, why in dropped.items():
+        ctx.progress(f"{name}: dropping the {h} hint: {why}")
+        del runners[h]
+    return runners, dropped
 
 
 def stage_ir(ctx: ExportContext, target: str, filename: str, model: Any, entry: dict[str, Any]) -> TargetArtifact:
