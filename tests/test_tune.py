@@ -287,8 +287,9 @@ def test_openvino_int8_budget_searches_the_nncf_presets(tmp_path: Path) -> None:
                                      max_miou_drop=0.3, target_options={"ov_precision": "f32"}))
     e = res.manifest["targets"]["openvino-int8"]
     b = e["quantization"]["budget"]
-    names = {c["name"].split("/")[0] for c in b["candidates"]}
+    names = {c["name"].split("/")[0] for c in b["candidates"]} | {d["variant"].split("/")[0] for d in b["dropped"]}
     assert names == {f"ov-int8-{p}{i}" for p in ("performance", "mixed", "mixed-transformer") for i in ("", "-islands")}
+    assert all("fp32-onnx/onnxruntime" in d["why"] for d in b["dropped"])  # no FP32 candidate: ORT FP32 is the yardstick
     assert all("/f32/" in c["name"] for c in b["candidates"])  # --ov-precision f32 restricts the hints
     chosen = next(c for c in b["candidates"] if c["name"].startswith(b["recipe"] + "/"))
     assert chosen["drop_pt"] <= 0.3 and b["budget_set"]["chosen"]["drop_pt"] == chosen["drop_pt"]

@@ -101,6 +101,21 @@ def _rows(cands: Sequence[cands_.Candidate], built: dict[str, cands_.Built], acc
     return sorted(rows, key=lambda r: (r["p50_ms"], r["name"]))
 
 
+REFERENCE_PROBE = "fp32-onnx/onnxruntime"
+
+
+def _reference_probe(ctx: Any, threads: int, x: np.ndarray) -> float:
+    """Probe of the export's FP32 ONNX on ONNX Runtime: the exact reference when no candidate is FP32."""
+    from ..runtime.backends.ort import OnnxRuntimeBackend
+    from .measure import probe_call
+
+    be = OnnxRuntimeBackend(ctx.fp32_model, threads=threads)
+    try:
+        return probe_call(lambda: be.run(x))
+    finally:
+        be.close()
+
+
 def _prune(ctx: Any, cands: list[cands_.Candidate], built: dict[str, cands_.Built], x: np.ndarray
            ) -> tuple[list[cands_.Candidate], list[dict[str, Any]]]:
     """Probe every (recipe, hint) at the most threads and drop those that cannot win (measure.hopeless) before their
@@ -108,8 +123,13 @@ def _prune(ctx: Any, cands: list[cands_.Candidate], built: dict[str, cands_.Buil
     most = max(c.threads for c in cands)
     probes = {c.variant: probe(built[c.recipe.name], c.hint, most, x) for c in cands if c.threads == most}
     exact = [c.variant for c in cands if c.recipe.precision == "fp32" and c.hint in (None, "f32")]
+    if not exact:  # e.g. openvino-int8's budget search (NNCF candidates only): the FP32 ONNX on ONNX Runtime
+        probes[REFERENCE_PROBE] = _reference_probe(ctx, most, x)
+        exact = [REFERENCE_PROBE]
     keep = [c.variant for c in cands if c.recipe.name == "ort-fp32"]  # the report's reference column
-    out = hopeless(probes, exact, keep)
+    out = {v: why for v, why in hopeless(probes, exact, keep).items() if v != REFERENCE_PROBE}
+    if len(out) == len({c.variant for c in cands}):  # never leave nothing to choose from
+        out = {}
     for v, why in out.items():
         ctx.progress(f"cpu: dropping {v}: {why}")
     kept = [c for c in cands if c.variant not in out]

@@ -151,7 +151,8 @@ def budgeted(ctx: ExportContext) -> tuple[Any, dict[str, Any], str, dict[str, An
                                 "default": {"drop_pt": default["held_back_drop_pt"]} if default else None},
               "latency": {"chosen_ms": row["p50_ms"], "default_ms": default["p50_ms"] if default else None,
                           "threads": c.threads, "cpu": rep["cpu"]},
-              "candidates": [{k: r[k] for k in ("name", "p50_ms", "drop_pt", "held_back_drop_pt")} for r in rep["rows"]]}
+              "candidates": [{k: r[k] for k in ("name", "p50_ms", "drop_pt", "held_back_drop_pt")} for r in rep["rows"]],
+              "dropped": rep.get("pruned") or []}
     settings = {k: res.built.summary.get(k) for k in ("preset", "model_type", "ignored_patterns", "ignored_names")}
     return res.built.model, settings, str(c.hint), record
 
