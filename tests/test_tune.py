@@ -148,7 +148,12 @@ def test_tuned_export_records_the_choice_the_cpu_and_every_candidate(tuned: Path
     fp32 = next(r for r in rep["rows"] if r["recipe"] == "ort-fp32")
     assert fp32["drop_pt"] == 0 and fp32["argmax_agreement"] == 1.0 and fp32["vs_ort_fp32"] == 1.0
     assert rep["frames"]["budget"] == 2 and rep["frames"]["held_back"] == 1  # alternate frames of the 3 val frames
+    # chosen on frame → labels as deployed; inference alone beside it. ONNX Runtime pre-processes in NumPy, so its
+    # frame → labels time holds its inference time and more
+    assert rep["format"] == "segedge-cpu-tune/2" and all(r["inference_p50_ms"] > 0 for r in rep["rows"])
+    assert fp32["p50_ms"] > fp32["inference_p50_ms"]
     t = entry["tuned"]
+    assert t["latency_ms"]["p50"] == next(r for r in rep["rows"] if r["name"] == t["candidate"])["p50_ms"]
     assert t["cpu"]["model"] and "avx2" in t["cpu"]["isa"] or t["cpu"]["arch"] != "x86_64"
     assert entry["threads"] == 1 and t["budget_pp"] == 0.3 and t["why"].startswith("fastest of")
     assert entry["file"] in ("model.cpu.onnx", "model.cpu.xml")

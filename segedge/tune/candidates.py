@@ -227,15 +227,16 @@ def build(ctx: Any, recipe: Recipe) -> Built:
     return build_ort(ctx, recipe) if recipe.runtime == "onnxruntime" else build_openvino(ctx, recipe)
 
 
-def open_backend(built: Built, hint: str | None, threads: int) -> Any:
-    """A segedge runtime backend over a built recipe, with the candidate's hint and thread count."""
+def open_backend(built: Built, hint: str | None, threads: int, frame_input: dict[str, Any] | None = None) -> Any:
+    """A segedge runtime backend over a built recipe, with the candidate's hint and thread count (and, for OpenVINO,
+    `frame_input`: frames normalised in the graph, as `Segmenter.load` deploys it)."""
     if built.recipe.runtime == "onnxruntime":
         from ..runtime.backends.ort import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(built.model, threads=threads)
     from ..runtime.backends.openvino import OpenVINOBackend
 
-    return OpenVINOBackend(built.model, threads=threads, precision=hint)
+    return OpenVINOBackend(built.model, threads=threads, precision=hint, frame_input=frame_input)
 
 
 __all__ = ["Built", "Candidate", "NNCF_SCHEMES", "ORT_SCOPES", "Recipe", "build", "candidates",

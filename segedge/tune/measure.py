@@ -9,6 +9,7 @@ first candidate rotating, so slow drift of the machine spreads over all of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -89,22 +90,59 @@ def hopeless(probes: dict[str, float], exact: Sequence[str], keep: Sequence[str]
             for v, ms in probes.items() if ms > factor * best and v not in keep}
 
 
+@dataclass(frozen=True)
+class FrameTiming:
+    """What end-to-end timing needs: BGR frames as an app gets them, and the contract to prepare them with."""
+
+    frames: Sequence[np.ndarray]
+    size: tuple[int, int]
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def frame_input(self) -> dict[str, Any]:
+        """The OpenVINO backend's frame_input option (the graph normalises; models take RGB)."""
+        return {"mean": list(self.mean), "std": list(self.std), "color_order": "RGB"}
+
+    def predict(self, backend: Any, frame: np.ndarray) -> np.ndarray:
+        """Frame → labels at its size, as Segmenter.predict does for this backend (fast post-processing)."""
+        from ..runtime.postprocess import to_labels
+        from ..runtime.preprocess import preprocess, to_raw_input
+
+        x = (to_raw_input(frame, self.size, "BGR") if getattr(backend, "accepts_frames", False)
+             else preprocess(frame, self.size, self.mean, self.std))
+        return to_labels(backend.run(x)[0], frame.shape[:2], "fast")
+
+
 def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs: Sequence[np.ndarray],
                     iters: int = DEFAULT_ITERS, block: int = DEFAULT_BLOCK,
-                    on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, float]]:
-    """Latency statistics (ms) of every candidate, all timed in one rotating-block run on `inputs` in turn."""
-    backends = [open_backend(built[c.recipe.name], c.hint, c.threads) for c in cands]
+                    on_round: Callable[[int], None] | None = None, frames: FrameTiming | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """Latency statistics (ms) of every candidate, all timed in one rotating-block run: inference alone on `inputs` in
+    turn and, with `frames`, frame → labels as the runtime deploys it (OpenVINO normalising in the graph) under
+    "end_to_end"."""
+    opts = {"frame_input": frames.frame_input()} if frames is not None else {}
+    backends = [open_backend(built[c.recipe.name], c.hint, c.threads, **opts) for c in cands]
     try:
-        def phase(i: int, r: int) -> Callable[[], Any]:
+        def infer(i: int, r: int) -> Callable[[], Any]:
             be, x = backends[i], inputs[r % len(inputs)]
             return lambda: be.run(x)
 
-        durations = time_blocks(list(range(len(cands))), [phase], WARMUP_ROUNDS, iters, block, on_round=on_round)
+        def e2e(i: int, r: int) -> Callable[[], Any]:
+            be, f = backends[i], frames.frames[r % len(frames.frames)]  # type: ignore[union-attr]
+            return lambda: frames.predict(be, f)  # type: ignore[union-attr]
+
+        phases = [infer, e2e] if frames is not None else [infer]
+        durations = time_blocks(list(range(len(cands))), phases, WARMUP_ROUNDS, iters, block, on_round=on_round)
     finally:
         for be in backends:
             be.close()
-    return {c.name: latency_stats(ns_to_ms(d)) for c, d in zip(cands, durations[0])}
+    out: dict[str, dict[str, Any]] = {}
+    for j, c in enumerate(cands):
+        out[c.name] = latency_stats(ns_to_ms(durations[0][j]))
+        if frames is not None:
+            out[c.name]["end_to_end"] = latency_stats(ns_to_ms(durations[1][j]))
+    return out
 
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "PRUNE_FACTOR", "accuracy", "drop_figures", "hopeless", "logits_of",
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_ITERS", "FrameTiming", "PRUNE_FACTOR", "accuracy", "drop_figures", "hopeless", "logits_of",
            "probe", "probe_call", "time_candidates"]

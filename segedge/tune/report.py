@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-REPORT_FORMAT = "segedge-cpu-tune/1"
+REPORT_FORMAT = "segedge-cpu-tune/2"  # /2: p50_ms is frame → labels, inference_p50_ms the backend alone
 REPORT_BASE = "cpu-tune"  # cpu-tune.json, .md, .png in the export folder
 
 
@@ -16,17 +16,20 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [f"# CPU candidates: {report['model']} {report['input_size']}", "",
              f"CPU: {cpu.get('model')} ({cpu.get('arch')}, {cpu.get('cores_available')} cores available). Budget "
              f"{report['budget_pp']:g} pt mIoU on the budget set ({report['frames']['budget']} frames); held-back "
-             f"set {report['frames']['held_back']} frames (reported only). Inference p50 over "
-             f"{report['timing']['iters']} calls per candidate, rotating blocks of {report['timing']['block']}.", "",
+             f"set {report['frames']['held_back']} frames (reported only). p50 over "
+             f"{report['timing']['iters']} calls per candidate, rotating blocks of {report['timing']['block']}: "
+             "frame → labels (what the choice uses; OpenVINO normalises the frame in the graph) and inference "
+             "alone.", "",
              f"Chosen: **{choice}**: {report['choice']['why']}.", "",
-             "| candidate | runtime | precision | hint | threads | p50 ms | × ort-fp32 | drop pt (budget) | "
-             "drop pt (held back) | argmax agree | front |", "|" + "---|" * 11]
+             "| candidate | runtime | precision | hint | threads | p50 ms | inference ms | × ort-fp32 | "
+             "drop pt (budget) | drop pt (held back) | argmax agree | front |", "|" + "---|" * 12]
     for r in report["rows"]:
         name = f"**{r['name']}**" if r["name"] == choice else r["name"]
         ratio = f"{r['vs_ort_fp32']:.2f}" if r.get("vs_ort_fp32") is not None else "–"
         mark = "◆" if r["pareto"] else ""
+        inf = f"{r['inference_p50_ms']:.2f}" if r.get("inference_p50_ms") is not None else "–"
         lines.append(f"| {name} | {r['runtime']} | {r['precision']} | {r['hint'] or '–'} | {r['threads']} | "
-                     f"{r['p50_ms']:.2f} | {ratio} | {r['drop_pt']:+.2f} | {r['held_back_drop_pt']:+.2f} | "
+                     f"{r['p50_ms']:.2f} | {inf} | {ratio} | {r['drop_pt']:+.2f} | {r['held_back_drop_pt']:+.2f} | "
                      f"{r['argmax_agreement']:.4f} | {mark} |")
     lines += ["", "◆ Pareto front (no other candidate is both faster and more accurate on the budget set)."]
     if report.get("pruned"):  # reports written before the probe have no such key
@@ -57,7 +60,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.axhline(report["budget_pp"], color="red", ls="--", lw=0.8, label=f"budget {report['budget_pp']:g} pt")
     ax.set_xscale("log")
     plain_log(ax.xaxis)
-    ax.set_xlabel("inference p50, ms (log)")
+    ax.set_xlabel("frame → labels p50, ms (log)")
     ax.set_ylabel("mIoU drop vs FP32, pt (budget set)")
     ax.set_title(f"{report['model']} on {report['cpu'].get('model')}", fontsize=9)
     ax.legend(fontsize=7, loc="best")

@@ -60,7 +60,9 @@ def _entry(res: Any, row: dict[str, Any]) -> dict[str, Any]:
                           "cores_available": cpu.get("cores_available")},
                   "drop_pt": {"budget": row["drop_pt"], "held_back": row["held_back_drop_pt"]},
                   "frames": {"budget": report["frames"]["budget"], "held_back": report["frames"]["held_back"]},
-                  "latency_ms": {"p50": row["p50_ms"], "ort_fp32_p50": fp32["p50_ms"] if fp32 else None},
+                  "latency_ms": {"p50": row["p50_ms"], "ort_fp32_p50": fp32["p50_ms"] if fp32 else None,
+                                 "inference_p50": row.get("inference_p50_ms"),
+                                 "what": "p50: frame → labels as deployed; inference_p50: the backend alone"},
                   "candidates": len(report["rows"]), "report": "cpu-tune.json",
                   "tuning_seconds": report["tuning_seconds"]},
     }
