@@ -65,34 +65,29 @@ def drops(backends: dict[str, Any], sets: dict[str, Any], fp32: Any, num_classes
     return out
 
 
-def time_all(backends: dict[str, Any], inputs: list[Any], iters: int, block: int) -> dict[str, Any]:
-    """p50 etc. of every backend in one rotating-block run."""
+def time_rotating(items: dict[str, Any], inputs: list[Any], call: Any, iters: int, block: int) -> dict[str, Any]:
+    """p50 etc. of `call(item, input)` for every item in one rotating-block run, the inputs taken in turn."""
     from segedge.benchmarks.stats import latency_stats, ns_to_ms
     from segedge.benchmarks.timing import time_blocks
 
-    names = list(backends)
+    names = list(items)
 
     def phase(i: int, r: int) -> Any:
-        be, x = backends[names[i]], inputs[r % len(inputs)]
-        return lambda: be.run(x)
+        item, x = items[names[i]], inputs[r % len(inputs)]
+        return lambda: call(item, x)
 
     d = time_blocks(list(range(len(names))), [phase], 2, iters, block, settle_s=0.005)
     return {n: latency_stats(ns_to_ms(v)) for n, v in zip(names, d[0])}
+
+
+def time_all(backends: dict[str, Any], inputs: list[Any], iters: int, block: int) -> dict[str, Any]:
+    """Inference alone: every backend on prepared inputs."""
+    return time_rotating(backends, inputs, lambda be, x: be.run(x), iters, block)
 
 
 def time_e2e(segs: dict[str, Any], frames: list[Any], iters: int, block: int) -> dict[str, Any]:
-    """p50 etc. of frame (BGR, its own size) → labels at the frame's size through each Segmenter, one rotating run."""
-    from segedge.benchmarks.stats import latency_stats, ns_to_ms
-    from segedge.benchmarks.timing import time_blocks
-
-    names = list(segs)
-
-    def phase(i: int, r: int) -> Any:
-        seg, f = segs[names[i]], frames[r % len(frames)]
-        return lambda: seg.predict(f)
-
-    d = time_blocks(list(range(len(names))), [phase], 2, iters, block, settle_s=0.005)
-    return {n: latency_stats(ns_to_ms(v)) for n, v in zip(names, d[0])}
+    """Frame (BGR, its own size) → labels at the frame's size through each Segmenter."""
+    return time_rotating(segs, frames, lambda seg, f: seg.predict(f), iters, block)
 
 
 def reused_tuning_seconds(model: str, folder: Path) -> float:

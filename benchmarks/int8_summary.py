@@ -113,22 +113,6 @@ def backends(variants: dict[str, Path], threads: int) -> dict[str, Any]:
     return out
 
 
-def drops(bes: dict[str, Any], sets: dict[str, Any], ref_backend: Any, num_classes: int) -> dict[str, Any]:
-    """Drop vs the original FP32 ONNX of every backend on every set."""
-    from segedge.export.sensitivity import miou_of
-    from segedge.tune.measure import drop_figures, logits_of
-
-    out: dict[str, Any] = {}
-    for name, s in sets.items():
-        ref = logits_of(ref_backend, s)
-        ref_miou = miou_of(ref, s, num_classes)
-        out[name] = {"fp32_miou": ref_miou, "frames": len(s)}
-        for be_name, be in bes.items():
-            fig = drop_figures(logits_of(be, s), ref, s, ref_miou, num_classes)
-            out[name][be_name] = {k: fig[k] for k in ("miou", "drop_pt", "argmax_agreement")}
-    return out
-
-
 def manifest_facts(folder: Path, target: str) -> dict[str, Any]:
     """What the manifest says of one INT8 target: islands, budget outcome, precision hint, calibration."""
     from segedge.contract import read_manifest
@@ -214,6 +198,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE)
     a = ap.parse_args()
+    from cpu_tune import drops
+
     from segedge.contract import read_manifest
     from segedge.doctor import cpu_report
     from segedge.runtime.backends.ort import OnnxRuntimeBackend
