@@ -82,15 +82,23 @@ def _tuned_threads(target: str | None, entry: TargetEntry, threads: int | None) 
     return threads if threads is not None else entry.get("threads")
 
 
+def frame_input_spec(contract: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The OpenVINO backend's `frame_input` for a float-io contract (mean, std, colour order), None otherwise."""
+    inp = (contract or {}).get("input") or {}
+    if inp.get("io", "float") != "float" or "mean" not in inp:
+        return None
+    return {"mean": inp["mean"], "std": inp["std"], "color_order": inp.get("color_order", "RGB")}
+
+
 def _frame_input_option(backend: str, contract: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
     """Backend options with `frame_input` resolved: OpenVINO normalises frames in the graph for float-io contracts
     (unless frame_input=False); other backends get no such option."""
     wanted = options.pop("frame_input", True)
     if wanted not in (True, False):
         raise SegedgeError(f"frame_input must be True or False, got {wanted!r}")
-    inp = (contract or {}).get("input") or {}
-    if backend == "openvino" and wanted and inp.get("io", "float") == "float" and "mean" in inp:
-        options["frame_input"] = {"mean": inp["mean"], "std": inp["std"], "color_order": inp.get("color_order", "RGB")}
+    spec = frame_input_spec(contract) if backend == "openvino" and wanted else None
+    if spec is not None:
+        options["frame_input"] = spec
     return options
 
 

@@ -92,25 +92,16 @@ def hopeless(probes: dict[str, float], exact: Sequence[str], keep: Sequence[str]
 
 @dataclass(frozen=True)
 class FrameTiming:
-    """What end-to-end timing needs: BGR frames as an app gets them, and the contract to prepare them with."""
+    """What end-to-end timing needs: BGR frames as an app gets them, and the contract the runtime prepares them by."""
 
     frames: Sequence[np.ndarray]
-    size: tuple[int, int]
-    mean: Sequence[float]
-    std: Sequence[float]
+    contract: Any  # segedge.contract.ModelContract
 
-    def frame_input(self) -> dict[str, Any]:
-        """The OpenVINO backend's frame_input option (the graph normalises; models take RGB)."""
-        return {"mean": list(self.mean), "std": list(self.std), "color_order": "RGB"}
+    def segmenter(self, backend: Any, name: str) -> Any:
+        """A Segmenter over a candidate's backend: frame → labels exactly as the deployed runtime does it."""
+        from ..runtime import ModelInfo, Segmenter
 
-    def predict(self, backend: Any, frame: np.ndarray) -> np.ndarray:
-        """Frame → labels at its size, as Segmenter.predict does for this backend (fast post-processing)."""
-        from ..runtime.postprocess import to_labels
-        from ..runtime.preprocess import preprocess, to_raw_input
-
-        x = (to_raw_input(frame, self.size, "BGR") if getattr(backend, "accepts_frames", False)
-             else preprocess(frame, self.size, self.mean, self.std))
-        return to_labels(backend.run(x)[0], frame.shape[:2], "fast")
+        return Segmenter(backend, ModelInfo(self.contract, target=name), "fast")
 
 
 def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs: Sequence[np.ndarray],
@@ -120,16 +111,19 @@ def time_candidates(cands: Sequence[Candidate], built: dict[str, Built], inputs:
     """Latency statistics (ms) of every candidate, all timed in one rotating-block run: inference alone on `inputs` in
     turn and, with `frames`, frame → labels as the runtime deploys it (OpenVINO normalising in the graph) under
     "end_to_end"."""
-    opts = {"frame_input": frames.frame_input()} if frames is not None else {}
-    backends = [open_backend(built[c.recipe.name], c.hint, c.threads, **opts) for c in cands]
+    from ..runtime.segmenter import frame_input_spec
+
+    spec = frame_input_spec(frames.contract.to_dict()) if frames is not None else None
+    backends = [open_backend(built[c.recipe.name], c.hint, c.threads, frame_input=spec) for c in cands]
+    segs = [frames.segmenter(be, c.name) for be, c in zip(backends, cands)] if frames is not None else []
     try:
         def infer(i: int, r: int) -> Callable[[], Any]:
             be, x = backends[i], inputs[r % len(inputs)]
             return lambda: be.run(x)
 
         def e2e(i: int, r: int) -> Callable[[], Any]:
-            be, f = backends[i], frames.frames[r % len(frames.frames)]  # type: ignore[union-attr]
-            return lambda: frames.predict(be, f)  # type: ignore[union-attr]
+            seg, f = segs[i], frames.frames[r % len(frames.frames)]  # type: ignore[union-attr]
+            return lambda: seg.predict(f)
 
         phases = [infer, e2e] if frames is not None else [infer]
         durations = time_blocks(list(range(len(cands))), phases, WARMUP_ROUNDS, iters, block, on_round=on_round)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ExportError, SegedgeError
 from ..export.sensitivity import LabelledSet, labelled_set, miou_of, split_budget
 from . import candidates as cands_
-from .measure import (DEFAULT_BLOCK, DEFAULT_ITERS, FrameTiming, accuracy, hopeless, logits_of, probe,
+from .measure import (DEFAULT_BLOCK, DEFAULT_ITERS, FrameTiming, accuracy, hopeless, logits_of, probe, probe_call,
                       time_candidates)
 from .report import REPORT_FORMAT
 from .select import DEFAULT_BUDGET_PP, choose, pareto_front
@@ -110,15 +110,12 @@ REFERENCE_PROBE = "fp32-onnx/onnxruntime"
 def _frame_timing(ctx: Any) -> FrameTiming:
     """The budget set's frames as the app gets them (BGR, their own size), for frame → labels timing."""
     pairs = ctx.cache["val_pairs"]
-    inp = ctx.manifest.contract.input
-    return FrameTiming([np.asarray(pairs[i][0]) for i in range(0, len(pairs), 2)], (inp.height, inp.width),
-                       inp.mean, inp.std)
+    return FrameTiming([np.asarray(pairs[i][0]) for i in range(0, len(pairs), 2)], ctx.manifest.contract)
 
 
 def _reference_probe(ctx: Any, threads: int, x: np.ndarray) -> float:
     """Probe of the export's FP32 ONNX on ONNX Runtime: the exact reference when no candidate is FP32."""
     from ..runtime.backends.ort import OnnxRuntimeBackend
-    from .measure import probe_call
 
     be = OnnxRuntimeBackend(ctx.fp32_model, threads=threads)
     try:
